@@ -1,0 +1,291 @@
+//! The command line: `run` (the default), `check`, `demo` and `echo`.
+//!
+//! Exit codes: 0 ok, 1 bad config or runtime failure, 2 usage (clap's own).
+
+use crate::config::{self, Config, HostMatch, PathMatch};
+use crate::server::Server;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Switchyard: an L7 HTTP reverse proxy and load balancer.
+#[derive(Parser)]
+#[command(name = "switchyard", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: ConfigArg,
+    /// Log verbosity: error, warn, info, debug or trace (RUST_LOG, if set, wins).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default command).
+    Run(ConfigArg),
+    /// Validate the config: print a summary and exit 0, or every error as
+    /// PATH:LINE:COL: message and exit 1.
+    Check(ConfigArg),
+    /// Start an echo backend for every loopback backend address in the config, then run
+    /// the proxy and print a few curl lines to try.
+    Demo(ConfigArg),
+    /// A small echo backend: answers every request with 200 and a JSON description of it.
+    Echo {
+        /// Address to listen on, like 127.0.0.1:9001.
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Name reported in the body and the x-backend header.
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Path of the config file.
+    #[arg(long, short = 'c', value_name = "PATH", default_value = "routes.yaml")]
+    config: PathBuf,
+}
+
+/// Parse the command line, run the command, and map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    init_tracing(cli.log_level.as_deref());
+    let result = match cli.command {
+        None => run(&cli.run.config, false),
+        Some(Command::Run(a)) => run(&a.config, false),
+        Some(Command::Demo(a)) => run(&a.config, true),
+        Some(Command::Check(a)) => return check(&a.config),
+        Some(Command::Echo { listen, name }) => echo(listen, name),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Load `path`, printing warnings, or every error.
+fn load(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            Some(loaded.config)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", summary(path, &config));
+    ExitCode::SUCCESS
+}
+
+/// The one-screen summary `check` prints for a good config.
+fn summary(path: &Path, c: &Config) -> String {
+    let mut s = format!("{}: ok\n", path.display());
+    s += &format!("listeners ({}):\n", c.listeners.len());
+    for l in &c.listeners {
+        let extra = l
+            .redirect_https
+            .map(|p| format!("  (redirects to https port {p})"))
+            .unwrap_or_default();
+        s += &format!("  {:<12} http://{}{extra}\n", l.name, l.bind);
+    }
+    if let Some(a) = c.admin {
+        s += &format!("admin: http://{a}\n");
+    }
+    s += &format!("pools ({}):\n", c.pools.len());
+    for p in &c.pools {
+        let backends: Vec<String> = p
+            .backends
+            .iter()
+            .map(|b| {
+                let mut x = format!("{} w{}", b.addr, b.weight);
+                if b.drain {
+                    x += " draining";
+                }
+                x
+            })
+            .collect();
+        s += &format!(
+            "  {:<12} {:?}, retries {}, connect {:?}, response {:?}: {}\n",
+            p.name,
+            p.balance,
+            p.retries,
+            p.timeouts.connect,
+            p.timeouts.response,
+            backends.join(", ")
+        );
+    }
+    s += &format!("routes ({}), in file order:\n", c.routes.len());
+    for r in &c.routes {
+        let host = match &r.host {
+            HostMatch::Any => "*".to_string(),
+            HostMatch::Exact(h) => h.clone(),
+            HostMatch::Wildcard(h) => format!("*.{h}"),
+        };
+        let path = match &r.path {
+            PathMatch::Prefix(p) => format!("prefix {p}"),
+            PathMatch::Pattern(p) => format!("path {p}"),
+        };
+        let mut cond = String::new();
+        if !r.methods.is_empty() {
+            let m: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
+            cond += &format!(" methods {}", m.join(","));
+        }
+        for (k, v) in &r.headers {
+            cond += &format!(" header {k}={}", v.to_str().unwrap_or("?"));
+        }
+        for (k, v) in &r.cookies {
+            cond += &format!(" cookie {k}={v}");
+        }
+        s += &format!(
+            "  {:<12} host {host} {path}{cond} -> {}\n",
+            r.name, c.pools[r.pool].name
+        );
+    }
+    s
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().context("cannot start the runtime")
+}
+
+fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
+    let config = load(path).ok_or_else(|| anyhow::anyhow!("{} is not valid", path.display()))?;
+    let rt = runtime(config.workers)?;
+    rt.block_on(async move {
+        if demo {
+            start_echo_backends(&config).await?;
+        }
+        let server = Server::bind(config.clone()).await?;
+        if demo {
+            print_tour(&server, &config);
+        }
+        server.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// One echo backend per loopback backend address, named `POOL-N`.
+async fn start_echo_backends(config: &Config) -> anyhow::Result<()> {
+    let mut names: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for p in &config.pools {
+        for (i, b) in p.backends.iter().enumerate() {
+            if b.addr.ip().is_loopback() {
+                names
+                    .entry(b.addr)
+                    .or_insert_with(|| format!("{}-{}", p.name, i + 1));
+            }
+        }
+    }
+    for (addr, name) in names {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot start the echo backend {name} on {addr}"))?;
+        tracing::info!(%addr, %name, "demo echo backend");
+        tokio::spawn(crate::echo::serve(listener, Arc::from(name)));
+    }
+    Ok(())
+}
+
+fn print_tour(server: &Server, config: &Config) {
+    let mut out = std::io::stdout().lock();
+    let Some(l) = config.listeners.first() else {
+        return;
+    };
+    let Some(addr) = server.listener_addr(&l.name) else {
+        return;
+    };
+    let base = format!("http://{addr}");
+    let _ = writeln!(out, "\nSwitchyard demo is running. Try:\n");
+    for r in config.routes.iter().take(4) {
+        let path = match &r.path {
+            PathMatch::Prefix(p) if p == "/" => "/".to_string(),
+            PathMatch::Prefix(p) => format!("{p}/1"),
+            PathMatch::Pattern(p) => p.replace("{p0}", "1"),
+        };
+        let _ = writeln!(
+            out,
+            "  curl -si {base}{path}          # route {} -> pool {}",
+            r.name, config.pools[r.pool].name
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  curl -si {base}/nope                    # no route: 404"
+    );
+    if let Some(a) = server.admin_addr() {
+        let _ = writeln!(out, "  curl -s http://{a}/ready                 # admin");
+    }
+    let _ = writeln!(
+        out,
+        "\nRepeat a request to watch round robin move between backends (x-backend header)."
+    );
+    let _ = writeln!(out, "Ctrl-C stops it.\n");
+}
+
+fn echo(listen: SocketAddr, name: String) -> anyhow::Result<()> {
+    let rt = runtime(None)?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%listen, %name, "echo backend");
+        tokio::select! {
+            _ = crate::echo::serve(listener, Arc::from(name)) => {}
+            _ = shutdown_signal() => {}
+        }
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("cannot install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

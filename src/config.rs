@@ -1,0 +1,221 @@
+//! Configuration: from `routes.yaml` to validated plain data.
+//!
+//! ```text
+//! routes.yaml --serde (raw.rs)--> raw::Config --validate.rs (every error)--> Config
+//!             \--yaml events (spans.rs): line and column of every key ----^
+//! ```
+//! [`Config`] holds typed values only (addresses, durations, methods, header names): no
+//! sockets, atomics or tasks. `snapshot` compiles it into what the hot path reads.
+
+pub mod raw;
+pub mod spans;
+pub mod validate;
+
+use http::{HeaderName, HeaderValue, Method};
+use spans::Pos;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Option<SocketAddr>,
+    pub access_log: AccessLogFormat,
+    pub shutdown_timeout: Duration,
+    /// Runtime worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    pub limits: Limits,
+    pub pools: Vec<Pool>,
+    pub routes: Vec<Route>,
+}
+
+/// One downstream listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    /// Answer every request with a 308 to `https://host:PORT`.
+    pub redirect_https: Option<u16>,
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Json,
+    /// The combined log format.
+    Common,
+    Off,
+}
+
+/// Per-listener request limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_request_header_bytes: usize,
+    pub max_request_body_bytes: u64,
+    pub client_header_timeout: Duration,
+    pub client_idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_header_bytes: 65536,
+            max_request_body_bytes: 16 * 1024 * 1024,
+            client_header_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// A named set of interchangeable backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub balance: Balance,
+    pub timeouts: Timeouts,
+    pub retries: u32,
+    pub when_all_down: WhenAllDown,
+    pub backends: Vec<Backend>,
+}
+
+/// How a pool picks a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+    Random,
+}
+
+/// Upstream timeouts of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+/// What a pool does when no backend is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenAllDown {
+    FailOpen,
+    Reject,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub drain: bool,
+}
+
+/// One entry of `routes:`, in file order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub host: HostMatch,
+    pub path: PathMatch,
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub cookies: Vec<(String, String)>,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+    pub max_request_body_bytes: Option<u64>,
+}
+
+/// The host condition of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Any,
+    /// Lower-case host name.
+    Exact(String),
+    /// `*.example.com` stored as `example.com`: matches exactly one more label.
+    Wildcard(String),
+}
+
+/// The path condition of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// Segment-aware prefix without a trailing slash (`/` for everything).
+    Prefix(String),
+    /// A matchit pattern with parameters renamed by position (`/users/{p0}`).
+    Pattern(String),
+}
+
+/// A config problem with the place it was found, shown as `PATH:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub pos: Option<Pos>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pos {
+            Some(p) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                p.line,
+                p.col,
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A config that passed validation, with the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Read, parse and validate the config at `path`.
+pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_path_buf(),
+            pos: None,
+            message: format!("cannot read the config file: {e}"),
+        }]
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and validate config `text`; `path` is used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
+    let spans = spans::Spans::index(text);
+    let raw: raw::Config = if text.trim().is_empty() {
+        raw::Config::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| vec![serde_error(path, &e)])?
+    };
+    validate::validate(&raw, path, &spans)
+}
+
+fn serde_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
+    let mut message = e.to_string();
+    // The location is shown in front; drop serde's own " at line L column C".
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    ConfigError {
+        file: path.to_path_buf(),
+        pos: e.location().map(|l| Pos {
+            line: l.line(),
+            col: l.column(),
+        }),
+        message,
+    }
+}

@@ -1,0 +1,142 @@
+//! The proxy's one error type and the one place errors become responses.
+//!
+//! Variants are named for their cause and grouped by where it lies: the downstream client,
+//! the upstream backend, or availability. `status()` is an exhaustive match, so a new
+//! variant cannot ship without a status; sources are kept, never stringified.
+
+use crate::body::{Body, TooLarge};
+use http::{HeaderValue, Response, StatusCode, header};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    // === downstream ===
+    /// A request the proxy refuses to interpret.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Both Content-Length and Transfer-Encoding (RFC 9112 §6.1): a smuggling attempt or a
+    /// broken client; the connection is closed after the 400.
+    #[error("bad request: both Content-Length and Transfer-Encoding")]
+    AmbiguousLength,
+    /// A method a reverse proxy does not serve (CONNECT).
+    #[error("method not supported")]
+    MethodNotSupported,
+    /// No route takes the request.
+    #[error("no route")]
+    NoRoute,
+    /// The request body went over the limit.
+    #[error(transparent)]
+    BodyTooLarge(#[from] TooLarge),
+
+    // === upstream ===
+    /// No connection could be made to any backend tried.
+    #[error("cannot connect to {backend}")]
+    Connect {
+        backend: Arc<str>,
+        #[source]
+        source: ConnectError,
+    },
+    /// The backend sent no response headers in time.
+    #[error("{backend} sent no response within {timeout:?}")]
+    UpstreamTimeout {
+        backend: Arc<str>,
+        timeout: Duration,
+    },
+    /// The backend broke the exchange (reset, closed, malformed response).
+    #[error("exchange with {backend} failed")]
+    UpstreamProtocol {
+        backend: Arc<str>,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The backend switched protocols on a request that did not ask to.
+    #[error("{backend} switched protocols unasked")]
+    UpstreamUpgrade { backend: Arc<str> },
+
+    // === availability ===
+    /// No backend of the pool is healthy and the pool rejects.
+    #[error("no healthy backend in pool {pool}")]
+    NoHealthyBackend { pool: Arc<str> },
+}
+
+/// Why a connection to a backend could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect failed")]
+    Io(#[source] std::io::Error),
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("HTTP handshake failed")]
+    Handshake(#[source] hyper::Error),
+}
+
+impl ProxyError {
+    /// The response status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::AmbiguousLength => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotSupported => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Connect { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UpstreamUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short, bounded label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::AmbiguousLength => "ambiguous_length",
+            ProxyError::MethodNotSupported => "method_not_supported",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BodyTooLarge(_) => "body_too_large",
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
+            ProxyError::UpstreamUpgrade { .. } => "upstream_upgrade",
+            ProxyError::NoHealthyBackend { .. } => "no_healthy_backend",
+        }
+    }
+
+    /// Whether the client connection must close after the response: the request body may
+    /// be unread, or the client cannot be trusted to frame its next request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::AmbiguousLength | ProxyError::BodyTooLarge(_)
+        )
+    }
+
+    /// The short plain-text response for this error.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let text = match &self {
+            ProxyError::BadRequest(why) => format!("400 Bad Request: {why}\n"),
+            _ => format!(
+                "{} {}\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or_default()
+            ),
+        };
+        let mut resp = Response::new(Body::full(text));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.closes_connection() {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::NoHealthyBackend { .. } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,31 @@
+//! Switchyard: an L7 HTTP reverse proxy and load balancer.
+//!
+//! # Layout
+//! A request flows top to bottom through these modules:
+//! - [`server`]: listeners, client connections, limits, timeouts, graceful shutdown.
+//! - [`proxy`]: the hot path. Reads the target, asks the [`router`], picks a backend from
+//!   the [`pool`] (with [`balance`]), forwards through [`upstream`] with retries, and turns
+//!   failures into responses ([`error`]) in one place.
+//! - [`snapshot`]: the compiled, immutable config every request reads (one `ArcSwap`).
+//! - [`config`]: `routes.yaml` -> raw serde structs -> validated [`config::Config`].
+//! - [`health`]: passive ejection of failing backends.
+//! - [`access_log`], [`admin`], [`echo`] (the stand-in backend), [`cli`].
+//!
+//! Tests start the real thing in-process: [`server::Server::bind`] on `127.0.0.1:0`, then
+//! [`server::Server::run`] with a shutdown future.
+
+pub mod access_log;
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod health;
+pub mod pool;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

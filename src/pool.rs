@@ -1,0 +1,283 @@
+//! Service pools and their backends.
+//!
+//! A [`Backend`] is rebuilt with every snapshot, but its [`BackendState`] (in-flight count,
+//! passive health, idle upstream connections) sits behind an `Arc` that the next snapshot
+//! takes over for every (pool, address) that stays, so a reload loses neither counts nor
+//! warm connections.
+
+use crate::balance::Balancer;
+use crate::config::{self, Timeouts, WhenAllDown};
+use crate::health::{self, Passive};
+use crate::upstream::Endpoint;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+/// A pool compiled for one snapshot.
+pub struct Pool {
+    pub name: Arc<str>,
+    pub backends: Vec<Arc<Backend>>,
+    balancer: Balancer,
+    pub timeouts: Timeouts,
+    pub retries: u32,
+    pub when_all_down: WhenAllDown,
+}
+
+/// One backend of a pool.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// `ip:port`, as used in logs and metric labels.
+    pub label: Arc<str>,
+    pub weight: u32,
+    pub drain: bool,
+    pub state: Arc<BackendState>,
+}
+
+/// What outlives a snapshot: counters, health and idle connections of one backend.
+#[derive(Default)]
+pub struct BackendState {
+    in_flight: AtomicU32,
+    pub passive: Passive,
+    pub endpoint: Endpoint,
+}
+
+/// Holds one in-flight request on a backend; dropping it (even on cancel) releases it.
+pub struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    /// The backend state this request is counted on.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl BackendState {
+    /// Requests currently in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Count a request until the returned guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+impl Backend {
+    /// A backend for `cfg`, taking over `prev` state when the backend stays.
+    pub fn new(cfg: &config::Backend, prev: Option<Arc<BackendState>>) -> Backend {
+        Backend {
+            addr: cfg.addr,
+            label: cfg.addr.to_string().into(),
+            weight: cfg.weight,
+            drain: cfg.drain,
+            state: prev.unwrap_or_default(),
+        }
+    }
+
+    /// May take new requests: not draining and not ejected.
+    fn available(&self, now_ms: u64) -> bool {
+        !self.drain && self.state.passive.available(now_ms)
+    }
+}
+
+/// Backends a request has already tried.
+#[derive(Default)]
+pub struct Tried {
+    low: u64,
+    high: Vec<usize>,
+}
+
+impl Tried {
+    /// Whether backend `i` was tried.
+    pub fn has(&self, i: usize) -> bool {
+        if i < 64 {
+            self.low & (1 << i) != 0
+        } else {
+            self.high.contains(&i)
+        }
+    }
+
+    /// Mark backend `i` as tried.
+    pub fn add(&mut self, i: usize) {
+        if i < 64 {
+            self.low |= 1 << i;
+        } else {
+            self.high.push(i);
+        }
+    }
+}
+
+/// The outcome of asking a pool for the next backend.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// A healthy backend.
+    Healthy(usize),
+    /// No backend is healthy and `when_all_down: fail_open`: try this one anyway.
+    FailOpen(usize),
+    /// Every candidate was tried.
+    Exhausted,
+    /// No backend is healthy and `when_all_down: reject`.
+    AllDown,
+}
+
+impl Pool {
+    /// Compile `cfg`, reusing backend state from the previous snapshot's `prev`.
+    pub fn compile(cfg: &config::Pool, prev: Option<&Pool>) -> Pool {
+        let backends: Vec<Arc<Backend>> = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                let state = prev.and_then(|p| {
+                    p.backends
+                        .iter()
+                        .find(|old| old.addr == b.addr)
+                        .map(|old| old.state.clone())
+                });
+                Arc::new(Backend::new(b, state))
+            })
+            .collect();
+        Pool {
+            name: cfg.name.clone(),
+            balancer: Balancer::new(cfg.balance, &backends),
+            backends,
+            timeouts: cfg.timeouts,
+            retries: cfg.retries,
+            when_all_down: cfg.when_all_down,
+        }
+    }
+
+    /// The next backend to try, skipping those in `tried`.
+    pub fn pick(&self, tried: &Tried) -> Pick {
+        let now = health::now_ms();
+        let b = &self.backends;
+        if let Some(i) = self
+            .balancer
+            .pick(b, |i| !tried.has(i) && b[i].available(now))
+        {
+            return Pick::Healthy(i);
+        }
+        if b.iter().any(|x| x.available(now)) {
+            return Pick::Exhausted;
+        }
+        match self.when_all_down {
+            WhenAllDown::Reject => Pick::AllDown,
+            WhenAllDown::FailOpen => match self.balancer.pick(b, |i| !tried.has(i)) {
+                Some(i) => Pick::FailOpen(i),
+                None => Pick::Exhausted,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pool(when_all_down: WhenAllDown, drains: &[bool]) -> Pool {
+        Pool::compile(
+            &config::Pool {
+                name: "p".into(),
+                balance: config::Balance::RoundRobin,
+                timeouts: Timeouts {
+                    connect: Duration::from_secs(1),
+                    response: Duration::from_secs(1),
+                },
+                retries: 2,
+                when_all_down,
+                backends: drains
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &drain)| config::Backend {
+                        addr: ([127, 0, 0, 1], 1 + i as u16).into(),
+                        weight: 1,
+                        drain,
+                    })
+                    .collect(),
+            },
+            None,
+        )
+    }
+
+    fn eject(p: &Pool, i: usize) {
+        for _ in 0..health::EJECT_AFTER {
+            p.backends[i].state.passive.connect_failed(health::now_ms());
+        }
+    }
+
+    #[test]
+    fn retries_walk_every_backend_once() {
+        let p = pool(WhenAllDown::FailOpen, &[false, false, false]);
+        let mut tried = Tried::default();
+        for _ in 0..3 {
+            let Pick::Healthy(i) = p.pick(&tried) else {
+                panic!()
+            };
+            assert!(!tried.has(i));
+            tried.add(i);
+        }
+        assert_eq!(p.pick(&tried), Pick::Exhausted);
+    }
+
+    #[test]
+    fn draining_and_ejected_backends_get_no_new_requests() {
+        let p = pool(WhenAllDown::FailOpen, &[true, false, false]);
+        eject(&p, 2);
+        for _ in 0..10 {
+            assert_eq!(p.pick(&Tried::default()), Pick::Healthy(1));
+        }
+    }
+
+    #[test]
+    fn all_down_fails_open_or_rejects() {
+        let open = pool(WhenAllDown::FailOpen, &[false, false]);
+        let reject = pool(WhenAllDown::Reject, &[false, false]);
+        for p in [&open, &reject] {
+            eject(p, 0);
+            eject(p, 1);
+        }
+        assert!(matches!(open.pick(&Tried::default()), Pick::FailOpen(_)));
+        assert_eq!(reject.pick(&Tried::default()), Pick::AllDown);
+    }
+
+    #[test]
+    fn state_survives_recompile_for_backends_that_stay() {
+        let a = pool(WhenAllDown::FailOpen, &[false, false]);
+        let _held = a.backends[1].state.start_request();
+        let b = Pool::compile(
+            &config::Pool {
+                backends: vec![config::Backend {
+                    addr: a.backends[1].addr,
+                    weight: 1,
+                    drain: false,
+                }],
+                ..pool_cfg()
+            },
+            Some(&a),
+        );
+        assert_eq!(b.backends[0].state.in_flight(), 1);
+        assert!(Arc::ptr_eq(&a.backends[1].state, &b.backends[0].state));
+    }
+
+    fn pool_cfg() -> config::Pool {
+        config::Pool {
+            name: "p".into(),
+            balance: config::Balance::RoundRobin,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(1),
+                response: Duration::from_secs(1),
+            },
+            retries: 2,
+            when_all_down: WhenAllDown::FailOpen,
+            backends: vec![],
+        }
+    }
+}

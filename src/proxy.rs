@@ -1,0 +1,469 @@
+//! The hot path: one request in, one response out.
+//!
+//! [`Proxy::handle`] never fails: it runs [`Proxy::try_handle`], turns an error into its
+//! response in one place, logs it once, and attaches the access log entry. `try_handle` is
+//! a list of named steps: read the target (400s), route (404), check the body limit (413),
+//! rewrite headers, `forward` (the only step that touches the network, with retries), and
+//! `finish` the response. Per request it loads the snapshot once and allocates little: the
+//! router, balancer and header edits work on borrowed data and atomics.
+
+pub mod headers;
+pub mod upgrade;
+
+use crate::access_log::AccessLog;
+use crate::body::{Body, RequestBody, TooLarge};
+use crate::error::ProxyError;
+use crate::health;
+use crate::pool::{InFlight, Pick, Pool, Tried};
+use crate::router::path::{self, PathError};
+use crate::server::stream::Clock;
+use crate::snapshot::{Shared, Snapshot};
+use crate::upstream::{self, Sender};
+use http::header::{CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The request handler shared by every connection.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    log: AccessLog,
+}
+
+/// What a request needs to know about the connection it came on.
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub redirect_https: Option<u16>,
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub clock: Arc<Clock>,
+    /// The peer's IP, ready for `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+}
+
+/// Names picked up along the way, for the log line and error context.
+#[derive(Default)]
+struct Ctx {
+    route: Option<Arc<str>>,
+    pool: Option<Arc<str>>,
+    backend: Option<Arc<str>>,
+}
+
+/// A response received from a backend, and what must go back with its body.
+struct Forwarded {
+    resp: Response<Incoming>,
+    sender: Sender,
+    in_flight: InFlight,
+}
+
+impl Proxy {
+    /// A handler reading snapshots from `shared`.
+    pub fn new(shared: Arc<Shared>, log: AccessLog) -> Proxy {
+        Proxy { shared, log }
+    }
+
+    /// Answer one request; errors become their responses here.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let snap = self.shared.load();
+        let (parts, body) = req.into_parts();
+        let request_id = headers::request_id(&parts.headers);
+        let entry = self.log.enabled().then(|| {
+            let host = Target::raw_host(&parts).unwrap_or_default().to_string();
+            self.log
+                .entry(conn.listener.clone(), conn.peer, &parts, host)
+        });
+        let mut ctx = Ctx::default();
+        let mut resp = match self
+            .try_handle(&snap, parts, body, conn, &request_id, &mut ctx)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                log_error(&e, &ctx, conn, &request_id);
+                e.into_response()
+            }
+        };
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(mut e) = entry {
+            e.status = resp.status().as_u16();
+            e.route = ctx.route;
+            e.pool = ctx.pool;
+            e.backend = ctx.backend;
+            e.request_id = Some(request_id);
+            resp.body_mut().set_log(e);
+        }
+        resp
+    }
+
+    async fn try_handle(
+        &self,
+        snap: &Snapshot,
+        mut parts: Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Body>, ProxyError> {
+        if conn.clock.take_content_length_line() && parts.headers.contains_key(TRANSFER_ENCODING) {
+            return Err(ProxyError::AmbiguousLength);
+        }
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::MethodNotSupported);
+        }
+        let target = Target::from_request(&parts)?;
+        if let Some(port) = conn.redirect_https {
+            return redirect(&target, &parts.uri, port);
+        }
+        let ri = snap
+            .router
+            .find(&target.host, &target.path, &parts)
+            .ok_or(ProxyError::NoRoute)?;
+        let route = &snap.config.routes[ri];
+        let pool = &snap.pools[route.pool];
+        ctx.route = Some(route.name.clone());
+        ctx.pool = Some(pool.name.clone());
+
+        let limit = route
+            .max_request_body_bytes
+            .unwrap_or(snap.config.limits.max_request_body_bytes);
+        if content_length(&parts.headers).is_some_and(|n| n > limit) {
+            return Err(TooLarge { limit }.into());
+        }
+        let uri = target.upstream_uri(&parts.uri);
+        let host = target.upstream_host(&parts);
+        if let Some(uri) = uri {
+            parts.uri = uri;
+        }
+        let hop = headers::to_backend(&mut parts.headers, conn, host, request_id);
+        parts.version = Version::HTTP_11;
+        let mut req = Request::from_parts(parts, RequestBody::limited(body, limit));
+        let client_upgrade = hop.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+
+        let fwd = self.forward(pool, req, ctx).await?;
+        finish(fwd, client_upgrade, ctx)
+    }
+
+    /// Send `req` to a backend of `pool`, moving on to the next backend while the request
+    /// was not delivered, up to the pool's `retries`.
+    async fn forward(
+        &self,
+        pool: &Pool,
+        mut req: Request<RequestBody>,
+        ctx: &mut Ctx,
+    ) -> Result<Forwarded, ProxyError> {
+        // A bodiless GET/HEAD/OPTIONS can be rebuilt if it dies on the wire; anything else
+        // is only retried while hyper hands it back unsent.
+        let replay = (pool.retries > 0
+            && pool.backends.len() > 1
+            && is_idempotent(req.method())
+            && req.body().is_end_stream())
+        .then(|| Replay::of(&req));
+        let mut tried = Tried::default();
+        let mut failures = 0;
+        let mut last = None;
+        loop {
+            let i = match pool.pick(&tried) {
+                Pick::Healthy(i) => i,
+                // TODO(#metrics): count in switchyard_pool_fail_open_total.
+                Pick::FailOpen(i) => i,
+                Pick::AllDown => {
+                    return Err(ProxyError::NoHealthyBackend {
+                        pool: pool.name.clone(),
+                    });
+                }
+                Pick::Exhausted => {
+                    return Err(last.unwrap_or_else(|| ProxyError::NoHealthyBackend {
+                        pool: pool.name.clone(),
+                    }));
+                }
+            };
+            let backend = &pool.backends[i];
+            ctx.backend = Some(backend.label.clone());
+            let in_flight = backend.state.start_request();
+            let state = &backend.state;
+            let mut conn = match state
+                .endpoint
+                .checkout(backend.addr, pool.timeouts.connect)
+                .await
+            {
+                Ok(c) => c,
+                Err(source) => {
+                    if let Some(d) = state.passive.connect_failed(health::now_ms()) {
+                        tracing::warn!(pool = %pool.name, backend = %backend.label, ejected_for = ?d,
+                            "backend ejected after {} connect failures in a row", health::EJECT_AFTER);
+                    }
+                    tracing::debug!(backend = %backend.label, error = %source, "connect failed");
+                    tried.add(i);
+                    failures += 1;
+                    last = Some(ProxyError::Connect {
+                        backend: backend.label.clone(),
+                        source,
+                    });
+                    if failures > pool.retries {
+                        return Err(last.expect("just set"));
+                    }
+                    continue;
+                }
+            };
+            if !conn.reused {
+                state.passive.connected();
+            }
+            let sent =
+                tokio::time::timeout(pool.timeouts.response, conn.sender.try_send_request(req))
+                    .await;
+            let mut err = match sent {
+                Ok(Ok(resp)) => {
+                    return Ok(Forwarded {
+                        resp,
+                        sender: conn.sender,
+                        in_flight,
+                    });
+                }
+                Err(_elapsed) => {
+                    return Err(ProxyError::UpstreamTimeout {
+                        backend: backend.label.clone(),
+                        timeout: pool.timeouts.response,
+                    });
+                }
+                Ok(Err(e)) => e,
+            };
+            if let Some(limit) = too_large(err.error()) {
+                return Err(TooLarge { limit }.into());
+            }
+            let unsent = err.take_message();
+            let stale = unsent.is_some() && conn.reused;
+            req = match (unsent, &replay) {
+                (Some(r), _) => r,
+                (None, Some(replay)) => replay.request(),
+                (None, None) => {
+                    return Err(ProxyError::UpstreamProtocol {
+                        backend: backend.label.clone(),
+                        source: err.into_error(),
+                    });
+                }
+            };
+            if stale {
+                // A kept-alive connection the backend had closed: not the backend's fault.
+                continue;
+            }
+            tracing::debug!(backend = %backend.label, error = %err.error(), "exchange failed before a response");
+            tried.add(i);
+            failures += 1;
+            last = Some(ProxyError::UpstreamProtocol {
+                backend: backend.label.clone(),
+                source: err.into_error(),
+            });
+            if failures > pool.retries {
+                return Err(last.expect("just set"));
+            }
+        }
+    }
+}
+
+/// Turn the backend's response into the client's.
+fn finish(
+    fwd: Forwarded,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ctx: &Ctx,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, incoming) = fwd.resp.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::to_client(&mut parts.headers, switching);
+    if switching {
+        let backend = ctx.backend.clone().unwrap_or_else(|| "-".into());
+        let (Some(client), Some(upstream)) = (
+            client_upgrade,
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+        ) else {
+            return Err(ProxyError::UpstreamUpgrade { backend });
+        };
+        tokio::spawn(upgrade::tunnel(client, upstream, backend));
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    let body = upstream::Body::new(incoming, fwd.sender, fwd.in_flight);
+    Ok(Response::from_parts(parts, Body::upstream(body)))
+}
+
+/// Host and path of a request, normalized for routing.
+struct Target<'a> {
+    /// Lower case, without port.
+    host: Cow<'a, str>,
+    path: Cow<'a, str>,
+}
+
+impl<'a> Target<'a> {
+    fn from_request(parts: &'a Parts) -> Result<Target<'a>, ProxyError> {
+        let raw = Self::raw_host(parts)?;
+        let path = path::normalize(parts.uri.path()).map_err(|e| {
+            ProxyError::BadRequest(match e {
+                PathError::NotAbsolute => "request target is not an absolute path",
+                PathError::AboveRoot => "path climbs above the root",
+                PathError::BadEscape => "malformed percent-encoding in path",
+            })
+        })?;
+        Ok(Target {
+            host: host_name(raw),
+            path,
+        })
+    }
+
+    /// The authority of an absolute-form target (and of every HTTP/2 request), else the
+    /// one Host header; empty for an HTTP/1.0 request without one.
+    fn raw_host(parts: &'a Parts) -> Result<&'a str, ProxyError> {
+        match (parts.uri.scheme(), parts.uri.authority()) {
+            (Some(_), Some(a)) => return Ok(a.as_str()),
+            (None, Some(_)) => {
+                return Err(ProxyError::BadRequest(
+                    "authority-form target without CONNECT",
+                ));
+            }
+            _ => {}
+        }
+        let mut hosts = parts.headers.get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(h), None) => h
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header")),
+            (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+            (None, _) if parts.version == Version::HTTP_11 => {
+                Err(ProxyError::BadRequest("missing Host header"))
+            }
+            (None, _) => Ok(""),
+        }
+    }
+
+    /// The origin-form target for the backend, when it differs from the client's.
+    fn upstream_uri(&self, uri: &Uri) -> Option<Uri> {
+        if uri.scheme().is_none() && matches!(self.path, Cow::Borrowed(_)) {
+            return None;
+        }
+        let pq = match uri.query() {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.to_string(),
+        };
+        Some(Uri::try_from(pq).expect("a normalized path is a valid origin-form target"))
+    }
+
+    /// The `Host` to send when the client's target carried the authority.
+    fn upstream_host(&self, parts: &Parts) -> Option<HeaderValue> {
+        let a = parts.uri.authority()?;
+        HeaderValue::from_str(a.as_str()).ok()
+    }
+}
+
+/// Lower-case `raw` and drop its port (`[::1]:80` -> `[::1]`).
+fn host_name(raw: &str) -> Cow<'_, str> {
+    let name = if raw.starts_with('[') {
+        raw.find(']').map_or(raw, |i| &raw[..=i])
+    } else {
+        match raw.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => raw,
+        }
+    };
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// `redirect_https`: 308 to the same host and target on the HTTPS port.
+fn redirect(target: &Target<'_>, uri: &Uri, port: u16) -> Result<Response<Body>, ProxyError> {
+    if target.host.is_empty() {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{}{pq}", target.host)
+    } else {
+        format!("https://{}:{port}{pq}", target.host)
+    };
+    let location = HeaderValue::try_from(location)
+        .map_err(|_| ProxyError::BadRequest("target cannot be redirected"))?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(LOCATION, location);
+    Ok(resp)
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD || *m == Method::OPTIONS
+}
+
+/// The limit of a [`TooLarge`] somewhere in `e`'s sources.
+fn too_large(e: &hyper::Error) -> Option<u64> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(t) = s.downcast_ref::<TooLarge>() {
+            return Some(t.limit);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// What it takes to send a bodiless request again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<RequestBody>) -> Replay {
+        Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut r = Request::new(RequestBody::empty());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// Log a failed request once: server-side failures as warnings, client errors at debug.
+fn log_error(e: &ProxyError, ctx: &Ctx, conn: &ConnInfo, request_id: &HeaderValue) {
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    let id = request_id.to_str().unwrap_or("-");
+    let route = ctx.route.as_deref().unwrap_or("-");
+    let backend = ctx.backend.as_deref().unwrap_or("-");
+    if e.status().is_server_error() {
+        tracing::warn!(request_id = id, client = %conn.peer, route, backend, kind = e.kind(), "{chain}");
+    } else {
+        tracing::debug!(request_id = id, client = %conn.peer, route, kind = e.kind(), "{chain}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_lose_port_and_case() {
+        assert_eq!(host_name("Shop.Example.com:8080"), "shop.example.com");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert_eq!(host_name("a.test"), "a.test");
+    }
+}

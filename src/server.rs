@@ -1,0 +1,400 @@
+//! Listeners and client connections: accept, limits, timeouts and graceful shutdown.
+//!
+//! [`Server::bind`] binds every listener (port 0 works, for tests) and [`Server::run`]
+//! serves until its shutdown future resolves. Then the listening sockets close at once
+//! (new connections are refused), open connections finish their requests and close, and
+//! after `shutdown_timeout` whatever is left is cut. The admin listener stays up until
+//! `run` returns, answering `/ready` with 503 while draining.
+
+pub mod stream;
+
+use crate::access_log::AccessLog;
+use crate::admin;
+use crate::config::{self, Config, Limits};
+use crate::health;
+use crate::proxy::{ConnInfo, Proxy};
+use crate::snapshot::{Shared, Snapshot};
+use http::HeaderValue;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+use stream::{Clock, Stream, Verdict};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A proxy with its sockets bound, ready to [`run`](Server::run).
+pub struct Server {
+    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
+    listeners: Vec<Bound>,
+    admin: Option<TcpListener>,
+}
+
+struct Bound {
+    cfg: Arc<config::Listener>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Bind every listener of `config` and its admin address.
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let listener = bind_tcp(l.bind).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot bind listener {} to {}: {e}", l.name, l.bind),
+                )
+            })?;
+            listeners.push(Bound {
+                cfg: Arc::new(l.clone()),
+                listener,
+            });
+        }
+        let admin = match config.admin {
+            Some(a) => Some(bind_tcp(a).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot bind the admin listener to {a}: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        let log = AccessLog::start(config.access_log);
+        let shared = Arc::new(Shared::new(Snapshot::compile(config, None)));
+        Ok(Server {
+            proxy: Arc::new(Proxy::new(shared.clone(), log)),
+            shared,
+            listeners,
+            admin,
+        })
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|b| &*b.cfg.name == name)
+            .and_then(|b| b.listener.local_addr().ok())
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// Serve until `shutdown` resolves, then drain (see the module docs).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            shared,
+            proxy,
+            listeners,
+            admin,
+        } = self;
+        let stop = CancellationToken::new();
+        let kill = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let admin = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone())));
+        let accepts: Vec<_> = listeners
+            .into_iter()
+            .map(|b| {
+                if let Ok(addr) = b.listener.local_addr() {
+                    tracing::info!(listener = %b.cfg.name, %addr, "listening");
+                }
+                let limits = shared.load().config.limits.clone();
+                let ctx = Accept {
+                    proxy: proxy.clone(),
+                    listener: b.cfg,
+                    limits: Arc::new(limits),
+                    stop: stop.clone(),
+                    kill: kill.clone(),
+                    conns: conns.clone(),
+                };
+                tokio::spawn(ctx.run(b.listener))
+            })
+            .collect();
+        shared.ready.store(true, Ordering::Relaxed);
+
+        shutdown.await;
+        shared.ready.store(false, Ordering::Relaxed);
+        tracing::info!("shutting down: listeners closed, finishing requests in flight");
+        stop.cancel();
+        for a in accepts {
+            let _ = a.await;
+        }
+        conns.close();
+        let grace = shared.load().config.shutdown_timeout;
+        if tokio::time::timeout(grace, conns.wait()).await.is_err() {
+            tracing::warn!(
+                connections = conns.len(),
+                ?grace,
+                "shutdown timeout reached; closing the rest"
+            );
+            kill.cancel();
+            conns.wait().await;
+        }
+        if let Some(a) = admin {
+            a.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// One listener's accept loop and what its connections share.
+struct Accept {
+    proxy: Arc<Proxy>,
+    listener: Arc<config::Listener>,
+    limits: Arc<Limits>,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    conns: TaskTracker,
+}
+
+impl Accept {
+    async fn run(self, listener: TcpListener) {
+        // Above max_connections, connections wait in the kernel's backlog, unaccepted.
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = self.stop.cancelled() => break,
+            };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = self.stop.cancelled() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(listener = %self.listener.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let conn = Conn {
+                proxy: self.proxy.clone(),
+                listener: self.listener.clone(),
+                limits: self.limits.clone(),
+                stop: self.stop.clone(),
+                kill: self.kill.clone(),
+            };
+            self.conns.spawn(async move {
+                conn.serve(tcp, peer).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// One client connection.
+struct Conn {
+    proxy: Arc<Proxy>,
+    listener: Arc<config::Listener>,
+    limits: Arc<Limits>,
+    stop: CancellationToken,
+    kill: CancellationToken,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Conn {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let h2 = match tokio::time::timeout(self.limits.client_header_timeout, sniff_h2(&tcp)).await
+        {
+            Ok(Ok(h2)) => h2,
+            _ => return,
+        };
+        let clock = Arc::new(Clock::new(h2));
+        let info = Arc::new(ConnInfo {
+            listener: self.listener.name.clone(),
+            redirect_https: self.listener.redirect_https,
+            peer,
+            tls: false,
+            clock: clock.clone(),
+            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+        });
+        let proxy = self.proxy.clone();
+        let svc = service_fn(move |req: hyper::Request<Incoming>| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            async move {
+                info.clock.request_started();
+                let _done = Finished(&info.clock);
+                Ok::<_, Infallible>(proxy.handle(req, &info).await)
+            }
+        });
+        let io = TokioIo::new(Stream::new(tcp, clock.clone()));
+        let limits = &self.limits;
+        if h2 {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(limits.max_request_header_bytes.min(u32::MAX as usize) as u32)
+                .serve_connection(io, svc);
+            self.drive(conn, &clock).await;
+        } else {
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new())
+                // Timed by `stream::Clock` instead; see there.
+                .header_read_timeout(None)
+                .max_header_size(limits.max_request_header_bytes);
+            // hyper's default read buffer (about 400 KiB) must fit the largest head.
+            if limits.max_request_header_bytes > 400 * 1024 {
+                b.max_buf_size(limits.max_request_header_bytes + 8192);
+            }
+            let conn = b.serve_connection(io, svc).with_upgrades();
+            self.drive(conn, &clock).await;
+        }
+    }
+
+    /// Run `conn` to completion, enforcing the head and idle timeouts and shutdown.
+    async fn drive<C: Graceful>(&self, conn: C, clock: &Clock) {
+        let (head, idle) = (
+            self.limits.client_header_timeout,
+            self.limits.client_idle_timeout,
+        );
+        let mut conn = pin!(conn);
+        let mut stopping = pin!(self.stop.cancelled());
+        let mut killed = pin!(self.kill.cancelled());
+        let first = match clock.check(health::now_ms(), head, idle) {
+            Verdict::WaitUntil(t) => t,
+            _ => health::now_ms(),
+        };
+        let mut armed = first;
+        let mut timer = pin!(tokio::time::sleep_until(health::instant_at(first).into()));
+        let mut graceful = false;
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                return Poll::Ready(());
+            }
+            if killed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if !graceful && stopping.as_mut().poll(cx).is_ready() {
+                graceful = true;
+                conn.as_mut().graceful_shutdown();
+                cx.waker().wake_by_ref();
+            }
+            // A head that started since the timer was set may be due before it fires.
+            if clock.take_rearm() {
+                let due = health::now_ms() + head.as_millis() as u64;
+                if due < armed {
+                    armed = due;
+                    timer.as_mut().reset(health::instant_at(due).into());
+                }
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                match clock.check(health::now_ms(), head, idle) {
+                    Verdict::HeadTimeout => {
+                        tracing::debug!(timeout = ?head, "request head too slow; closing");
+                        return Poll::Ready(());
+                    }
+                    Verdict::Idle => {
+                        if !graceful {
+                            graceful = true;
+                            conn.as_mut().graceful_shutdown();
+                            cx.waker().wake_by_ref();
+                        }
+                        armed = u64::MAX;
+                        timer
+                            .as_mut()
+                            .reset(health::instant_at(health::now_ms() + 86_400_000).into());
+                    }
+                    Verdict::WaitUntil(t) => {
+                        armed = t;
+                        timer.as_mut().reset(health::instant_at(t).into());
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Marks a request done on its connection's clock when dropped (also on cancel).
+struct Finished<'a>(&'a Clock);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// Whether the client speaks HTTP/2 with prior knowledge (h2c), from its first bytes.
+async fn sniff_h2(tcp: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far: rare, and peek does not consume readiness, so wait
+        // a moment rather than spin.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A hyper connection that can be asked to finish gracefully.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+type Io = TokioIo<Stream<TcpStream>>;
+
+impl<S> Graceful for http1::UpgradeableConnection<Io, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<S> Graceful for http2::Connection<Io, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
+    }
+}

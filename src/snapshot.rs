@@ -1,0 +1,69 @@
+//! The compiled, immutable view of a config that requests read, and the one place it lives.
+//!
+//! A request loads the current [`Snapshot`] once and keeps that `Arc` to the end, so a
+//! reload never changes the rules under a request in flight. Compiling a new snapshot
+//! takes over the backend state of the previous one (see `pool`).
+
+use crate::config::Config;
+use crate::pool::Pool;
+use crate::router::Router;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Everything the hot path reads, compiled from one [`Config`].
+pub struct Snapshot {
+    pub config: Config,
+    pub router: Router,
+    /// In config order; `config.routes[i].pool` indexes this.
+    pub pools: Vec<Pool>,
+}
+
+impl Snapshot {
+    /// Compile `config`, taking over backend state from `prev` where backends stay.
+    pub fn compile(config: Config, prev: Option<&Snapshot>) -> Snapshot {
+        let router =
+            Router::compile(&config.routes).expect("validation already compiled these routes");
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| {
+                let old = prev.and_then(|s| s.pools.iter().find(|o| o.name == p.name));
+                Pool::compile(p, old)
+            })
+            .collect();
+        Snapshot {
+            config,
+            router,
+            pools,
+        }
+    }
+}
+
+/// State shared by every task of one running proxy.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    /// `/ready`: every listener bound and not shutting down.
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    /// Start with `snapshot`, not ready yet.
+    pub fn new(snapshot: Snapshot) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The current snapshot; keep the `Arc` for the whole request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Compile `config` against the current snapshot and make it current.
+    pub fn swap(&self, config: Config) {
+        let next = Snapshot::compile(config, Some(&self.snapshot.load()));
+        self.snapshot.store(Arc::new(next));
+    }
+}
