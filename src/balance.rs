@@ -205,7 +205,7 @@ mod tests {
     fn round_robin_skips_ineligible_evenly() {
         let b = backends(&[1, 1, 1]);
         let bal = Balancer::new(config::Balance::RoundRobin, &b);
-        let mut counts = [0; 3];
+        let mut counts = [0i32; 3];
         for _ in 0..100 {
             counts[bal.pick(&b, |i| i != 1).unwrap()] += 1;
         }
