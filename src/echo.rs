@@ -34,7 +34,8 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
     }
 }
 
-async fn answer(
+/// The echo answer to `req`, as backend `name`.
+pub async fn answer(
     req: Request<Incoming>,
     name: Arc<str>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
