@@ -7,7 +7,7 @@ use crate::server::Server;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,6 +86,7 @@ fn init_tracing(level: Option<&str>) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -144,9 +145,9 @@ fn summary(path: &Path, c: &Config) -> String {
             })
             .collect();
         s += &format!(
-            "  {:<12} {:?}, retries {}, connect {:?}, response {:?}: {}\n",
+            "  {:<12} {}, retries {}, connect {:?}, response {:?}: {}\n",
             p.name,
-            p.balance,
+            p.balance.as_str(),
             p.retries,
             p.timeouts.connect,
             p.timeouts.response,

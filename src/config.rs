@@ -92,6 +92,17 @@ pub enum Balance {
     Random,
 }
 
+impl Balance {
+    /// The name used in `routes.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConnections => "least_connections",
+            Balance::Random => "random",
+        }
+    }
+}
+
 /// Upstream timeouts of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {

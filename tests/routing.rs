@@ -32,7 +32,7 @@ async fn setup() -> (Proxy, [Backend; 3]) {
     (p, [a, b, c])
 }
 
-async fn backend_for(p: &Proxy, req: http::request::Builder) -> String {
+async fn backend_for(req: http::request::Builder) -> String {
     let got = send(req.body(full("")).unwrap()).await;
     assert_eq!(got.status, 200, "{}", got.text());
     got.header("x-backend").to_string()
@@ -41,26 +41,23 @@ async fn backend_for(p: &Proxy, req: http::request::Builder) -> String {
 #[tokio::test]
 async fn routes_by_prefix_with_segment_boundaries() {
     let (p, _b) = setup().await;
-    assert_eq!(backend_for(&p, Request::get(p.url("/api/a"))).await, "a");
-    assert_eq!(
-        backend_for(&p, Request::get(p.url("/api/a/x/y"))).await,
-        "a"
-    );
-    assert_eq!(backend_for(&p, Request::get(p.url("/api/b/1"))).await, "b");
+    assert_eq!(backend_for(Request::get(p.url("/api/a"))).await, "a");
+    assert_eq!(backend_for(Request::get(p.url("/api/a/x/y"))).await, "a");
+    assert_eq!(backend_for(Request::get(p.url("/api/b/1"))).await, "b");
     // Not a segment of /api/a: falls to the root prefix.
-    assert_eq!(backend_for(&p, Request::get(p.url("/api/aX"))).await, "c");
+    assert_eq!(backend_for(Request::get(p.url("/api/aX"))).await, "c");
 }
 
 #[tokio::test]
 async fn conditions_fall_back_to_less_specific_routes() {
     let (p, _b) = setup().await;
     let canary = Request::get(p.url("/api/a/1")).header("x-canary", "1");
-    assert_eq!(backend_for(&p, canary).await, "b");
+    assert_eq!(backend_for(canary).await, "b");
     let put = Request::put(p.url("/api/a/items/7"));
-    assert_eq!(backend_for(&p, put).await, "c");
+    assert_eq!(backend_for(put).await, "c");
     // Same path, method condition fails: the prefix route takes it.
     assert_eq!(
-        backend_for(&p, Request::get(p.url("/api/a/items/7"))).await,
+        backend_for(Request::get(p.url("/api/a/items/7"))).await,
         "a"
     );
 }
@@ -69,16 +66,10 @@ async fn conditions_fall_back_to_less_specific_routes() {
 async fn host_tiers_exact_then_wildcard_then_any() {
     let (p, _b) = setup().await;
     let host = |h: &str, path: &str| Request::get(p.url(path)).header("host", h);
-    assert_eq!(
-        backend_for(&p, host("SHOP.test:8080", "/api/a/1")).await,
-        "c"
-    );
-    assert_eq!(backend_for(&p, host("shop.test", "/other")).await, "c");
-    assert_eq!(backend_for(&p, host("x.shop.test", "/api/a/1")).await, "b");
-    assert_eq!(
-        backend_for(&p, host("y.x.shop.test", "/api/a/1")).await,
-        "a"
-    );
+    assert_eq!(backend_for(host("SHOP.test:8080", "/api/a/1")).await, "c");
+    assert_eq!(backend_for(host("shop.test", "/other")).await, "c");
+    assert_eq!(backend_for(host("x.shop.test", "/api/a/1")).await, "b");
+    assert_eq!(backend_for(host("y.x.shop.test", "/api/a/1")).await, "a");
 }
 
 #[tokio::test]

@@ -211,7 +211,10 @@ impl Check<'_> {
                     if let Some(prev) = names.insert(n, i) {
                         self.error(
                             self.spans.value(&format!("{path}.name")),
-                            format!("listener name `{n}` is already used by listener {prev}"),
+                            format!(
+                                "listener name `{n}` is already used on line {}",
+                                self.spans.value(&format!("listeners.{prev}")).line
+                            ),
                         );
                     }
                     n.as_str()
@@ -234,7 +237,10 @@ impl Check<'_> {
             {
                 self.error(
                     self.spans.value(&format!("{path}.bind")),
-                    format!("{b} is already bound by listener {prev}"),
+                    format!(
+                        "{b} is already bound on line {}",
+                        self.spans.value(&format!("listeners.{prev}")).line
+                    ),
                 );
             }
             if l.tls.is_some() {
@@ -348,7 +354,10 @@ impl Check<'_> {
             if let Some(prev) = seen.insert(addr, i) {
                 self.error(
                     self.spans.value(&format!("{bpath}.addr")),
-                    format!("backend {addr} is already listed in this pool (backend {prev})"),
+                    format!(
+                        "backend {addr} is already listed on line {}",
+                        self.spans.value(&format!("{path}.backends.{prev}")).line
+                    ),
                 );
             }
             backends.push(Backend {
@@ -406,7 +415,10 @@ impl Check<'_> {
                     if let Some(prev) = names.insert(n, i) {
                         self.error(
                             self.spans.value(&format!("{path}.name")),
-                            format!("route name `{n}` is already used by route {prev}"),
+                            format!(
+                                "route name `{n}` is already used on line {}",
+                                self.spans.value(&format!("routes.{prev}")).line
+                            ),
                         );
                     }
                     n.clone()
@@ -509,7 +521,7 @@ impl Check<'_> {
     /// warning.
     fn overlaps(&mut self, routes: &[(usize, Route)]) {
         for (j, (jline, b)) in routes.iter().enumerate() {
-            for (_, a) in &routes[..j] {
+            for (iline, a) in &routes[..j] {
                 if a.host != b.host || a.path != b.path {
                     continue;
                 }
@@ -520,8 +532,10 @@ impl Check<'_> {
                     self.error(
                         pos,
                         format!(
-                            "route `{}` has exactly the same match as route `{}`",
-                            b.name, a.name
+                            "route `{}` has exactly the same match as route `{}` on line {}",
+                            b.name,
+                            a.name,
+                            self.spans.value(&format!("routes.{iline}")).line
                         ),
                     );
                     break;
@@ -529,8 +543,10 @@ impl Check<'_> {
                     self.warn(
                         pos,
                         format!(
-                            "route `{}` can never match: route `{}` comes first and takes every request it would",
-                            b.name, a.name
+                            "route `{}` can never match: route `{}` on line {} comes first and takes every request it would",
+                            b.name,
+                            a.name,
+                            self.spans.value(&format!("routes.{iline}")).line
                         ),
                     );
                     break;

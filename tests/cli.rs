@@ -1,0 +1,156 @@
+//! The `switchyard` binary: `check` golden output, exit codes, and a real run.
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use support::*;
+
+fn switchyard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run switchyard")
+}
+
+/// `check` on `tests/fixtures/NAME.yaml` prints exactly NAME.stderr and NAME.stdout.
+fn golden(name: &str, code: i32) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = switchyard(&["check", "--config", &format!("tests/fixtures/{name}.yaml")]);
+    let expected =
+        |ext: &str| std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap_or_default();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        expected("stderr"),
+        "stderr of {name}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        expected("stdout"),
+        "stdout of {name}"
+    );
+    assert_eq!(out.status.code(), Some(code), "exit code of {name}");
+}
+
+#[test]
+fn check_reports_every_semantic_error_with_its_position() {
+    golden("bad_semantics", 1);
+}
+
+#[test]
+fn check_reports_an_unknown_key_where_it_is() {
+    golden("bad_typo", 1);
+}
+
+#[test]
+fn check_reports_yaml_syntax_errors() {
+    golden("bad_yaml", 1);
+}
+
+#[test]
+fn check_warns_about_shadowed_routes_but_passes() {
+    golden("warn_shadowed", 0);
+}
+
+#[test]
+fn the_demo_config_checks_clean() {
+    let out = switchyard(&["check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "routes.yaml: ok",
+        "payment",
+        "product",
+        "user",
+        "/api/products",
+    ] {
+        assert!(summary.contains(want), "{want} missing from:\n{summary}");
+    }
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    assert_eq!(switchyard(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(switchyard(&["echo"]).status.code(), Some(2));
+    let help = switchyard(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for cmd in ["run", "check", "demo", "echo"] {
+        assert!(text.contains(cmd), "{cmd} missing from --help");
+    }
+}
+
+#[test]
+fn run_refuses_a_bad_config() {
+    let out = switchyard(&["run", "--config", "tests/fixtures/bad_typo.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tests/fixtures/bad_typo.yaml:6:5: "), "{err}");
+}
+
+#[tokio::test]
+async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
+    let backend = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{name: web, bind: \"127.0.0.1:0\"}}]\n\
+             access_log: json\n\
+             pools: {{p: {{backends: [{{addr: \"{}\"}}]}}}}\n\
+             routes: [{{name: all, pool: p}}]\n",
+            backend.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Readiness: the "listening" log line carries the bound address.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "exited before listening"
+        );
+        if let Some(i) = line.find("addr=") {
+            break line[i + 5..].trim().to_string();
+        }
+    };
+    let got = get(&format!("http://{addr}/hello?x=1")).await;
+    assert_eq!(got.status, 200);
+
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(log["path"], "/hello?x=1");
+    assert_eq!(log["status"], 200);
+    assert_eq!(log["route"], "all");
+    assert_eq!(log["backend"], backend.addr.to_string());
+    assert_eq!(log["request_id"], got.header("x-request-id"));
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,98 @@
+//! Graceful shutdown and the admin listener.
+mod support;
+
+use http::Response;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+const YAML: &str = r#"
+listeners: [{name: web, bind: "{listen}"}]
+admin: {bind: "{admin}"}
+access_log: off
+shutdown_timeout: 10s
+pools: {p: {backends: [{addr: "{b}"}]}}
+routes: [{name: all, pool: p}]
+"#;
+
+#[tokio::test]
+async fn admin_answers_healthz_and_ready() {
+    let b = Backend::echo("b").await;
+    let p = Proxy::start(YAML, &[("b", b.addr)]).await;
+    let admin = p.admin.unwrap();
+    let h = get(&format!("http://{admin}/healthz")).await;
+    assert_eq!((h.status, h.text().as_str()), (200, "ok\n"));
+    eventually(Duration::from_secs(5), || async {
+        get(&format!("http://{admin}/ready")).await.status == 200
+    })
+    .await;
+    assert_eq!(get(&format!("http://{admin}/nope")).await.status, 404);
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_connections_and_finishes_requests_in_flight() {
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let b = Backend::serve(move |_| {
+        let r = r.clone();
+        Box::pin(async move {
+            r.notified().await;
+            Response::new(full("finished"))
+        })
+    })
+    .await;
+    let mut p = Proxy::start(YAML, &[("b", b.addr)]).await;
+    let admin = p.admin.unwrap();
+    let url = p.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    eventually(Duration::from_secs(5), || async { b.hits() == 1 }).await;
+
+    let done = p.shutdown();
+    let addr = p.addr;
+    eventually(Duration::from_secs(5), || async move {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // The admin listener stays up while draining, and says so.
+    assert_eq!(get(&format!("http://{admin}/ready")).await.status, 503);
+    assert!(!done.is_finished());
+
+    release.notify_one();
+    let got = in_flight.await.unwrap();
+    assert_eq!((got.status, got.text().as_str()), (200, "finished"));
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("run returns once the last request is done")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_timeout_cuts_requests_that_take_too_long() {
+    let b = Backend::serve(|_| {
+        Box::pin(async {
+            std::future::pending::<()>().await;
+            unreachable!()
+        })
+    })
+    .await;
+    let yaml = YAML.replace("shutdown_timeout: 10s", "shutdown_timeout: 200ms");
+    let mut p = Proxy::start(&yaml, &[("b", b.addr)]).await;
+    let url = p.url("/stuck");
+    let stuck = tokio::spawn(async move {
+        support::client()
+            .request(http::Request::get(url).body(full("")).unwrap())
+            .await
+    });
+    eventually(Duration::from_secs(5), || async { b.hits() == 1 }).await;
+    let done = p.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("run returns after shutdown_timeout")
+        .unwrap();
+    assert!(
+        stuck.await.unwrap().is_err(),
+        "the cut request fails instead of hanging"
+    );
+}
