@@ -412,3 +412,28 @@ async fn a_malformed_request_does_not_disturb_other_clients() {
     );
     assert_eq!(get(&p.url("/")).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_backend_that_never_accepts_is_a_connect_timeout_then_502() {
+    // A listener whose backlog is full drops further SYNs, so connecting to it hangs
+    // until the client gives up: a black hole on loopback.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hole = socket.listen(0).unwrap();
+    let addr = hole.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+        assert!(fillers.len() < 64, "backlog never filled");
+    }
+    let p = Proxy::start(&config(r#"{addr: "{hole}"}"#, ""), &[("hole", addr)]).await;
+    let start = Instant::now();
+    let got = get(&p.url("/")).await;
+    assert_eq!(got.status, 502);
+    // One connect timeout (500ms): a retry never goes back to a backend already tried.
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
+}
