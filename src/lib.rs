@@ -13,6 +13,10 @@
 //!
 //! Tests start the real thing in-process: [`server::Server::bind`] on `127.0.0.1:0`, then
 //! [`server::Server::run`] with a shutdown future.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::print_stdout, clippy::dbg_macro)
+)]
 
 pub mod access_log;
 pub mod admin;

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# End-to-end: the demo from the README, driven by a real curl.
+# Starts `switchyard demo` (the embedded routes.yaml: 127.0.0.1:8080, admin :9901, echo
+# backends on :9001-9006), checks routing, balancing and errors, then stops it with SIGTERM
+# and expects a clean exit. Bounded: every curl has a timeout; the whole run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${SWITCHYARD_BIN:-target/debug/switchyard}
+[[ -x $BIN ]] || cargo build --quiet
+LOG=$(mktemp -d)
+"$BIN" demo >"$LOG/stdout" 2>"$LOG/stderr" &
+PID=$!
+cleanup() {
+  if kill -0 "$PID" 2>/dev/null; then kill -KILL "$PID" 2>/dev/null || true; fi
+  rm -rf "$LOG"
+}
+trap cleanup EXIT
+fail() { echo "e2e demo: FAIL: $*" >&2; echo "--- stderr" >&2; cat "$LOG/stderr" >&2; exit 1; }
+
+ready=0
+for _ in $(seq 1 100); do
+  if curl -fsS -m 1 http://127.0.0.1:9901/ready >/dev/null 2>&1; then ready=1; break; fi
+  kill -0 "$PID" 2>/dev/null || fail "demo exited early"
+  sleep 0.1
+done
+((ready)) || fail "demo not ready after 10s"
+
+c() { curl -sS -m 5 "$@"; }
+backend() { c -o /dev/null -D - "$1" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-backend" {print $2}'; }
+
+seen=""
+for _ in 1 2 3 4; do seen+="$(backend http://127.0.0.1:8080/api/products/1) "; done
+[[ $seen == *product-1* && $seen == *product-2* ]] || fail "round robin over product: $seen"
+[[ $(backend http://127.0.0.1:8080/api/payments/7) == payment-* ]] || fail "payments route"
+[[ $(backend http://127.0.0.1:8080/api/users/7) == user-* ]] || fail "users route"
+[[ $(c -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/nope) == 404 ]] || fail "404"
+[[ $(c -o /dev/null -w '%{http_code}' --path-as-is http://127.0.0.1:8080/api/../../x) == 400 ]] || fail "400"
+body=$(c -H 'X-Forwarded-For: 10.1.1.1' http://127.0.0.1:8080/api/users/9?q=1)
+[[ $body == *'"x-forwarded-for":"10.1.1.1, 127.0.0.1"'* ]] || fail "x-forwarded-for: $body"
+[[ $body == *'"path":"/api/users/9?q=1"'* ]] || fail "path: $body"
+# HTTP/1.0 and h2c prior knowledge from a real client
+[[ $(c -0 -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/api/users/1) == 200 ]] || fail "HTTP/1.0"
+[[ $(c --http2-prior-knowledge -o /dev/null -w '%{http_version} %{http_code}' http://127.0.0.1:8080/api/users/1) == "2 200" ]] || fail "h2c"
+grep -q '"route":"products"' "$LOG/stdout" || fail "no JSON access log line on stdout"
+
+kill -TERM "$PID"
+for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$PID" 2>/dev/null && fail "still running 10s after SIGTERM"
+wait "$PID" || fail "exit code $? after SIGTERM"
+echo "e2e demo: ok"
