@@ -435,5 +435,8 @@ async fn a_backend_that_never_accepts_is_a_connect_timeout_then_502() {
     assert_eq!(got.status, 502);
     // One connect timeout (500ms): a retry never goes back to a backend already tried.
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
