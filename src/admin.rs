@@ -20,9 +20,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tracing::info!(%addr, "admin listening");
     }
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, _) = crate::server::accept(&listener).await;
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

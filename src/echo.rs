@@ -19,9 +19,7 @@ use tokio::net::TcpListener;
 /// Answer requests on `listener` as backend `name`, forever.
 pub async fn serve(listener: TcpListener, name: Arc<str>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, _) = crate::server::accept(&listener).await;
         let _ = tcp.set_nodelay(true);
         let name = name.clone();
         tokio::spawn(async move {

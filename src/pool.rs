@@ -185,13 +185,6 @@ mod tests {
     fn pool(when_all_down: WhenAllDown, drains: &[bool]) -> Pool {
         Pool::compile(
             &config::Pool {
-                name: "p".into(),
-                balance: config::Balance::RoundRobin,
-                timeouts: Timeouts {
-                    connect: Duration::from_secs(1),
-                    response: Duration::from_secs(1),
-                },
-                retries: 2,
                 when_all_down,
                 backends: drains
                     .iter()
@@ -202,6 +195,7 @@ mod tests {
                         drain,
                     })
                     .collect(),
+                ..pool_cfg()
             },
             None,
         )

@@ -152,6 +152,20 @@ impl Server {
     }
 }
 
+/// The next connection on `listener`; errors (usually out of file descriptors) are logged
+/// and retried after a pause instead of spinning.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(a) => return a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -182,18 +196,9 @@ impl Accept {
                 p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
                 _ = self.stop.cancelled() => break,
             };
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
+            let (tcp, peer) = tokio::select! {
+                a = accept(&listener) => a,
                 _ = self.stop.cancelled() => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(listener = %self.listener.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
             };
             let conn = Conn {
                 proxy: self.proxy.clone(),

@@ -2,10 +2,8 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-use tokio::sync::Notify;
 
 async fn spread(p: &Proxy, n: usize) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
@@ -64,19 +62,7 @@ routes: [{name: all, pool: p}]
 
 #[tokio::test]
 async fn least_connections_steers_away_from_a_slow_backend() {
-    let release = Arc::new(Notify::new());
-    let r = release.clone();
-    let slow = Backend::serve(move |_req| {
-        let r = r.clone();
-        Box::pin(async move {
-            r.notified().await;
-            http::Response::builder()
-                .header("x-backend", "slow")
-                .body(full("late"))
-                .unwrap()
-        })
-    })
-    .await;
+    let (slow, release) = Backend::held("late").await;
     let fast = Backend::echo("fast").await;
     let yaml = r#"
 listeners: [{name: web, bind: "{listen}"}]

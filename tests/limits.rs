@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 fn config(backends: &str, extra: &str) -> String {
     format!(
@@ -61,16 +60,7 @@ async fn unreachable_backend_is_502() {
 
 #[tokio::test]
 async fn slow_backend_is_504_without_retry() {
-    let release = Arc::new(Notify::new());
-    let r = release.clone();
-    let slow = Backend::serve(move |_| {
-        let r = r.clone();
-        Box::pin(async move {
-            r.notified().await;
-            Response::new(full("late"))
-        })
-    })
-    .await;
+    let (slow, release) = Backend::held("late").await;
     let other = Backend::echo("other").await;
     let p = Proxy::start(
         &config(r#"{addr: "{slow}", weight: 1000}, {addr: "{other}"}"#, ""),

@@ -1,12 +1,9 @@
 //! Graceful shutdown and the admin listener.
 mod support;
 
-use http::Response;
-use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 const YAML: &str = r#"
 listeners: [{name: web, bind: "{listen}"}]
@@ -33,16 +30,7 @@ async fn admin_answers_healthz_and_ready() {
 
 #[tokio::test]
 async fn shutdown_refuses_new_connections_and_finishes_requests_in_flight() {
-    let release = Arc::new(Notify::new());
-    let r = release.clone();
-    let b = Backend::serve(move |_| {
-        let r = r.clone();
-        Box::pin(async move {
-            r.notified().await;
-            Response::new(full("finished"))
-        })
-    })
-    .await;
+    let (b, release) = Backend::held("finished").await;
     let mut p = Proxy::start(YAML, &[("b", b.addr)]).await;
     let admin = p.admin.unwrap();
     let url = p.url("/slow");

@@ -162,6 +162,25 @@ impl Backend {
         }
     }
 
+    /// A backend that holds every request until `release` is notified, then answers 200
+    /// with `text` (and `x-backend: held`).
+    pub async fn held(text: &'static str) -> (Backend, Arc<tokio::sync::Notify>) {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let r = release.clone();
+        let b = Backend::serve(move |_| {
+            let r = r.clone();
+            Box::pin(async move {
+                r.notified().await;
+                Response::builder()
+                    .header("x-backend", "held")
+                    .body(full(text))
+                    .expect("valid response")
+            })
+        })
+        .await;
+        (b, release)
+    }
+
     /// Requests served so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
