@@ -174,9 +174,11 @@ mod tests {
                 Arc::new(Backend::new(
                     &config::Backend {
                         addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
+                        host: None,
                         weight: w,
                         drain: false,
                     },
+                    None,
                     None,
                 ))
             })

@@ -126,7 +126,19 @@ fn summary(path: &Path, c: &Config) -> String {
             .redirect_https
             .map(|p| format!("  (redirects to https port {p})"))
             .unwrap_or_default();
-        s += &format!("  {:<12} http://{}{extra}\n", l.name, l.bind);
+        match &l.tls {
+            Some(certs) => {
+                let names: Vec<String> =
+                    (0..certs.len()).map(|i| certs.names(i).join(" ")).collect();
+                s += &format!(
+                    "  {:<12} https://{}  certificates: {}\n",
+                    l.name,
+                    l.bind,
+                    names.join("; ")
+                );
+            }
+            None => s += &format!("  {:<12} http://{}{extra}\n", l.name, l.bind),
+        }
     }
     if let Some(a) = c.admin {
         s += &format!("admin: http://{a}\n");
@@ -144,8 +156,14 @@ fn summary(path: &Path, c: &Config) -> String {
                 x
             })
             .collect();
+        let proto = match (p.protocol, &p.tls) {
+            (config::Protocol::Http1, None) => "http/1.1",
+            (config::Protocol::Http1, Some(_)) => "http/1.1 over TLS",
+            (config::Protocol::H2, None) => "h2c",
+            (config::Protocol::H2, Some(_)) => "h2 over TLS",
+        };
         s += &format!(
-            "  {:<12} {}, retries {}, connect {:?}, response {:?}: {}\n",
+            "  {:<12} {proto}, {}, retries {}, connect {:?}, response {:?}: {}\n",
             p.name,
             p.balance.as_str(),
             p.retries,
@@ -193,6 +211,13 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
+    if demo {
+        for (cert, key) in config::missing_certificates(path) {
+            crate::tls::generate_self_signed(&cert, &key, &["localhost", "127.0.0.1", "::1"])
+                .map_err(|e| anyhow::anyhow!("cannot generate a demo certificate: {e}"))?;
+            tracing::info!(cert = %cert.display(), key = %key.display(), "generated a self-signed localhost certificate");
+        }
+    }
     let config = load(path).ok_or_else(|| anyhow::anyhow!("{} is not valid", path.display()))?;
     let rt = runtime(config.workers)?;
     rt.block_on(async move {

@@ -40,6 +40,8 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// Answer every request with a 308 to `https://host:PORT`.
     pub redirect_https: Option<u16>,
+    /// Terminate TLS with these certificates.
+    pub tls: Option<Arc<crate::tls::Certs>>,
 }
 
 /// Access log line format.
@@ -81,7 +83,41 @@ pub struct Pool {
     pub timeouts: Timeouts,
     pub retries: u32,
     pub when_all_down: WhenAllDown,
+    pub protocol: Protocol,
+    /// Connect to backends with TLS.
+    pub tls: Option<UpstreamTls>,
     pub backends: Vec<Backend>,
+}
+
+/// The HTTP version spoken to a pool's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2: h2c on plain connections, ALPN h2 over TLS.
+    H2,
+}
+
+/// TLS to a pool's backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// Private CAs to trust instead of the webpki roots: (file, its PEM bytes, certificates).
+    pub ca: Option<Arc<CaBundle>>,
+    /// Server name to send and verify instead of the backend's host name.
+    pub sni: Option<String>,
+}
+
+/// CA certificates read from a PEM file.
+#[derive(Debug)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.pem == other.pem
+    }
 }
 
 /// How a pool picks a backend.
@@ -121,6 +157,8 @@ pub enum WhenAllDown {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub addr: SocketAddr,
+    /// The DNS name it was given by, if not an IP address (the TLS server name).
+    pub host: Option<String>,
     pub weight: u32,
     pub drain: bool,
 }
@@ -213,6 +251,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
         serde_yaml::from_str(text).map_err(|e| vec![serde_error(path, &e)])?
     };
     validate::validate(&raw, path, &spans)
+}
+
+/// `p` as written in the config at `file`: relative paths are relative to its folder.
+pub fn relative_to(file: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    match file.parent() {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// The certificate/key pairs that listeners of the config at `path` name but that do not
+/// exist yet (what `demo` generates). Empty when the file does not parse.
+pub fn missing_certificates(path: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let Ok(raw) = serde_yaml::from_str::<raw::Config>(&text) else {
+        return Vec::new();
+    };
+    raw.listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| &t.certificates)
+        .map(|c| (relative_to(path, &c.cert), relative_to(path, &c.key)))
+        .filter(|(c, k)| !c.exists() || !k.exists())
+        .collect()
 }
 
 fn serde_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {

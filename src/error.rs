@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// A method a reverse proxy does not serve (CONNECT).
     #[error("method not supported")]
     MethodNotSupported,
+    /// The request's host is not one this TLS connection was opened for.
+    #[error("host not covered by this connection's certificate")]
+    Misdirected,
     /// No route takes the request.
     #[error("no route")]
     NoRoute,
@@ -68,6 +71,8 @@ pub enum ConnectError {
     Io(#[source] std::io::Error),
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
     #[error("HTTP handshake failed")]
     Handshake(#[source] hyper::Error),
 }
@@ -78,6 +83,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::AmbiguousLength => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotSupported => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Connect { .. }
@@ -94,6 +100,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::AmbiguousLength => "ambiguous_length",
             ProxyError::MethodNotSupported => "method_not_supported",
+            ProxyError::Misdirected => "misdirected",
             ProxyError::NoRoute => "no_route",
             ProxyError::BodyTooLarge(_) => "body_too_large",
             ProxyError::Connect { .. } => "connect",

@@ -6,9 +6,10 @@
 //! warm connections.
 
 use crate::balance::Balancer;
-use crate::config::{self, Timeouts, WhenAllDown};
+use crate::config::{self, Protocol, Timeouts, UpstreamTls, WhenAllDown};
 use crate::health::{self, Passive};
-use crate::upstream::Endpoint;
+use crate::upstream::{Connector, Endpoint};
+use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -21,6 +22,10 @@ pub struct Pool {
     pub timeouts: Timeouts,
     pub retries: u32,
     pub when_all_down: WhenAllDown,
+    /// How connections to the backends are made.
+    pub connector: Connector,
+    protocol: Protocol,
+    tls: Option<UpstreamTls>,
 }
 
 /// One backend of a pool.
@@ -28,6 +33,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `ip:port`, as used in logs and metric labels.
     pub label: Arc<str>,
+    /// The name TLS sends and verifies: `sni:`, else the backend's host name or IP.
+    pub server_name: ServerName<'static>,
     pub weight: u32,
     pub drain: bool,
     pub state: Arc<BackendState>,
@@ -72,10 +79,19 @@ impl BackendState {
 
 impl Backend {
     /// A backend for `cfg`, taking over `prev` state when the backend stays.
-    pub fn new(cfg: &config::Backend, prev: Option<Arc<BackendState>>) -> Backend {
+    pub fn new(
+        cfg: &config::Backend,
+        sni: Option<&str>,
+        prev: Option<Arc<BackendState>>,
+    ) -> Backend {
+        let server_name = sni
+            .or(cfg.host.as_deref())
+            .and_then(|n| ServerName::try_from(n.to_string()).ok())
+            .unwrap_or_else(|| ServerName::IpAddress(cfg.addr.ip().into()));
         Backend {
             addr: cfg.addr,
             label: cfg.addr.to_string().into(),
+            server_name,
             weight: cfg.weight,
             drain: cfg.drain,
             state: prev.unwrap_or_default(),
@@ -131,6 +147,9 @@ pub enum Pick {
 impl Pool {
     /// Compile `cfg`, reusing backend state from the previous snapshot's `prev`.
     pub fn compile(cfg: &config::Pool, prev: Option<&Pool>) -> Pool {
+        // Pooled connections only carry over while they are still the right kind.
+        let prev = prev.filter(|p| p.protocol == cfg.protocol && p.tls == cfg.tls);
+        let sni = cfg.tls.as_ref().and_then(|t| t.sni.as_deref());
         let backends: Vec<Arc<Backend>> = cfg
             .backends
             .iter()
@@ -141,9 +160,18 @@ impl Pool {
                         .find(|old| old.addr == b.addr)
                         .map(|old| old.state.clone())
                 });
-                Arc::new(Backend::new(b, state))
+                Arc::new(Backend::new(b, sni, state))
             })
             .collect();
+        let h2 = cfg.protocol == Protocol::H2;
+        let connector = Connector {
+            h2,
+            tls: cfg
+                .tls
+                .as_ref()
+                .map(|t| crate::tls::client_config(t.ca.as_ref().map(|c| c.certs.as_slice()), h2)),
+            timeout: cfg.timeouts.connect,
+        };
         Pool {
             name: cfg.name.clone(),
             balancer: Balancer::new(cfg.balance, &backends),
@@ -151,6 +179,9 @@ impl Pool {
             timeouts: cfg.timeouts,
             retries: cfg.retries,
             when_all_down: cfg.when_all_down,
+            connector,
+            protocol: cfg.protocol,
+            tls: cfg.tls.clone(),
         }
     }
 
@@ -191,6 +222,7 @@ mod tests {
                     .enumerate()
                     .map(|(i, &drain)| config::Backend {
                         addr: ([127, 0, 0, 1], 1 + i as u16).into(),
+                        host: None,
                         weight: 1,
                         drain,
                     })
@@ -250,6 +282,7 @@ mod tests {
             &config::Pool {
                 backends: vec![config::Backend {
                     addr: a.backends[1].addr,
+                    host: None,
                     weight: 1,
                     drain: false,
                 }],
@@ -271,6 +304,8 @@ mod tests {
             },
             retries: 2,
             when_all_down: WhenAllDown::FailOpen,
+            protocol: Protocol::Http1,
+            tls: None,
             backends: vec![],
         }
     }

@@ -18,6 +18,7 @@ use crate::pool::{InFlight, Pick, Pool, Tried};
 use crate::router::path::{self, PathError};
 use crate::server::stream::Clock;
 use crate::snapshot::{Shared, Snapshot};
+use crate::tls::Certs;
 use crate::upstream::{self, Sender};
 use http::header::{CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
 use http::request::Parts;
@@ -39,10 +40,31 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     pub redirect_https: Option<u16>,
     pub peer: SocketAddr,
-    pub tls: bool,
+    pub tls: Option<TlsInfo>,
     pub clock: Arc<Clock>,
     /// The peer's IP, ready for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
+}
+
+/// What a TLS connection negotiated.
+pub struct TlsInfo {
+    /// The SNI name the client sent, lower case.
+    pub sni: Option<String>,
+    /// The listener's certificates and the one this connection presented.
+    pub certs: Arc<Certs>,
+    pub cert: usize,
+}
+
+impl TlsInfo {
+    /// Whether a request for `host` may use this connection: a connection opened for one
+    /// name must not carry another name its certificate does not cover (HTTP/2 clients
+    /// coalesce connections; RFC 9110 §15.5.20).
+    fn allows(&self, host: &str) -> bool {
+        match &self.sni {
+            None => true,
+            Some(sni) => sni == host || self.certs.covers(self.cert, host),
+        }
+    }
 }
 
 /// Names picked up along the way, for the log line and error context.
@@ -116,6 +138,11 @@ impl Proxy {
             return Err(ProxyError::MethodNotSupported);
         }
         let target = Target::from_request(&parts)?;
+        if let Some(tls) = &conn.tls
+            && !tls.allows(&target.host)
+        {
+            return Err(ProxyError::Misdirected);
+        }
         if let Some(port) = conn.redirect_https {
             return redirect(&target, &parts.uri, port);
         }
@@ -188,7 +215,7 @@ impl Proxy {
             let state = &backend.state;
             let mut conn = match state
                 .endpoint
-                .checkout(backend.addr, pool.timeouts.connect)
+                .checkout(backend.addr, &backend.server_name, &pool.connector)
                 .await
             {
                 Ok(c) => c,
@@ -213,9 +240,10 @@ impl Proxy {
             if !conn.reused {
                 state.passive.connected();
             }
-            let sent =
-                tokio::time::timeout(pool.timeouts.response, conn.sender.try_send_request(req))
-                    .await;
+            if conn.sender.is_h2() {
+                h2_target(&mut req, pool.connector.tls.is_some(), &backend.label);
+            }
+            let sent = tokio::time::timeout(pool.timeouts.response, conn.sender.send(req)).await;
             let mut err = match sent {
                 Ok(Ok(resp)) => {
                     return Ok(Forwarded {
@@ -390,6 +418,29 @@ fn redirect(target: &Target<'_>, uri: &Uri, port: u16) -> Result<Response<Body>,
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     resp.headers_mut().insert(LOCATION, location);
     Ok(resp)
+}
+
+/// HTTP/2 carries the target as `:scheme` and `:authority`: make the target absolute, with
+/// the Host header (or the backend's address) as its authority.
+fn h2_target(req: &mut Request<RequestBody>, tls: bool, backend: &str) {
+    if req.uri().scheme().is_some() {
+        return;
+    }
+    let authority = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| http::uri::Authority::try_from(backend).ok());
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = authority;
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {

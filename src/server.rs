@@ -12,8 +12,9 @@ use crate::access_log::AccessLog;
 use crate::admin;
 use crate::config::{self, Config, Limits};
 use crate::health;
-use crate::proxy::{ConnInfo, Proxy};
-use crate::snapshot::{Shared, Snapshot};
+use crate::proxy::{ConnInfo, Proxy, TlsInfo};
+use crate::snapshot::{ListenerStats, Shared, Snapshot};
+use crate::tls;
 use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -29,8 +30,10 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 use stream::{Clock, Stream, Verdict};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -90,6 +93,11 @@ impl Server {
             .and_then(|b| b.listener.local_addr().ok())
     }
 
+    /// The state shared with the running proxy (snapshot, readiness, counters).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// The bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
@@ -116,6 +124,7 @@ impl Server {
                 let limits = shared.load().config.limits.clone();
                 let ctx = Accept {
                     proxy: proxy.clone(),
+                    shared: shared.clone(),
                     listener: b.cfg,
                     limits: Arc::new(limits),
                     stop: stop.clone(),
@@ -180,6 +189,7 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 /// One listener's accept loop and what its connections share.
 struct Accept {
     proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     listener: Arc<config::Listener>,
     limits: Arc<Limits>,
     stop: CancellationToken,
@@ -189,6 +199,13 @@ struct Accept {
 
 impl Accept {
     async fn run(self, listener: TcpListener) {
+        let tls = self.listener.tls.is_some().then(|| {
+            TlsAcceptor::from(tls::server_config(
+                self.shared.clone(),
+                self.listener.name.clone(),
+            ))
+        });
+        let stats = self.shared.listener_stats(&self.listener.name);
         // Above max_connections, connections wait in the kernel's backlog, unaccepted.
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         loop {
@@ -202,13 +219,16 @@ impl Accept {
             };
             let conn = Conn {
                 proxy: self.proxy.clone(),
+                shared: self.shared.clone(),
                 listener: self.listener.clone(),
                 limits: self.limits.clone(),
                 stop: self.stop.clone(),
                 kill: self.kill.clone(),
+                stats: stats.clone(),
             };
+            let tls = tls.clone();
             self.conns.spawn(async move {
-                conn.serve(tcp, peer).await;
+                conn.serve(tcp, peer, tls).await;
                 drop(permit);
             });
         }
@@ -218,28 +238,102 @@ impl Accept {
 /// One client connection.
 struct Conn {
     proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     listener: Arc<config::Listener>,
     limits: Arc<Limits>,
     stop: CancellationToken,
     kill: CancellationToken,
+    stats: Arc<ListenerStats>,
 }
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The answer to plain HTTP on a TLS port, before closing it.
+const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Content-Length: 36\r\nConnection: close\r\n\r\nThis port expects HTTPS, not HTTP.\r\n";
+
+/// HTTP/2 settings for clients. 256 concurrent streams (nginx allows 128, HAProxy 100):
+/// browsers open around 100. Flow-control windows of 512 KiB per stream and 1 MiB per
+/// connection keep a single upload stream fast over a WAN round trip while bounding what
+/// one connection can make the proxy buffer when a backend reads slowly.
+const H2_MAX_STREAMS: u32 = 256;
+const H2_STREAM_WINDOW: u32 = 512 * 1024;
+const H2_CONN_WINDOW: u32 = 1024 * 1024;
+
 impl Conn {
-    async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
         let _ = tcp.set_nodelay(true);
-        let h2 = match tokio::time::timeout(self.limits.client_header_timeout, sniff_h2(&tcp)).await
-        {
-            Ok(Ok(h2)) => h2,
-            _ => return,
+        let head = self.limits.client_header_timeout;
+        let Some(acceptor) = tls else {
+            let h2 = match tokio::time::timeout(head, sniff_h2(&tcp)).await {
+                Ok(Ok(h2)) => h2,
+                _ => return,
+            };
+            return self.serve_http(tcp, peer, h2, None).await;
         };
+        // The handshake shares the head's deadline: a client that stalls it is a slowloris.
+        let stream = match tokio::time::timeout(head, self.handshake(acceptor, tcp)).await {
+            Ok(Some(s)) => s,
+            Ok(None) | Err(_) => {
+                self.stats
+                    .tls_handshake_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let (_, session) = stream.get_ref();
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let sni = session.server_name().map(str::to_ascii_lowercase);
+        let Some(certs) = tls::listener_certs(&self.shared, &self.listener.name) else {
+            return;
+        };
+        let info = TlsInfo {
+            cert: certs.resolve(sni.as_deref()),
+            sni,
+            certs,
+        };
+        self.serve_http(stream, peer, h2, Some(info)).await
+    }
+
+    /// The TLS handshake; None (logged) when it fails. Plain HTTP gets a short 400 first.
+    async fn handshake(
+        &self,
+        acceptor: TlsAcceptor,
+        mut tcp: TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await.ok()? == 0 {
+            return None;
+        }
+        // Every TLS connection opens with a handshake record (content type 22).
+        if first[0] != 22 {
+            if first[0].is_ascii_uppercase() {
+                use tokio::io::AsyncWriteExt;
+                let _ = tcp.write_all(PLAIN_ON_TLS).await;
+                let _ = tcp.shutdown().await;
+            }
+            tracing::debug!(listener = %self.listener.name, "plain HTTP on a TLS port");
+            return None;
+        }
+        match acceptor.accept(tcp).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(listener = %self.listener.name, error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    }
+
+    async fn serve_http<T>(&self, io: T, peer: SocketAddr, h2: bool, tls: Option<TlsInfo>)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let clock = Arc::new(Clock::new(h2));
         let info = Arc::new(ConnInfo {
             listener: self.listener.name.clone(),
             redirect_https: self.listener.redirect_https,
             peer,
-            tls: false,
+            tls,
             clock: clock.clone(),
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
@@ -254,11 +348,14 @@ impl Conn {
                 Ok::<_, Infallible>(proxy.handle(req, &info).await)
             }
         });
-        let io = TokioIo::new(Stream::new(tcp, clock.clone()));
+        let io = TokioIo::new(Stream::new(io, clock.clone()));
         let limits = &self.limits;
         if h2 {
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_STREAMS)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONN_WINDOW)
                 .max_header_list_size(limits.max_request_header_bytes.min(u32::MAX as usize) as u32)
                 .serve_connection(io, svc);
             self.drive(conn, &clock).await;
@@ -376,10 +473,9 @@ trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-type Io = TokioIo<Stream<TcpStream>>;
-
-impl<S> Graceful for http1::UpgradeableConnection<Io, S>
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
 where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::ResBody: http_body::Body + 'static,
@@ -390,8 +486,9 @@ where
     }
 }
 
-impl<S> Graceful for http2::Connection<Io, S, TokioExecutor>
+impl<I, S> Graceful for http2::Connection<I, S, TokioExecutor>
 where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::Future: Send + 'static,

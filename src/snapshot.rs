@@ -8,8 +8,9 @@ use crate::config::Config;
 use crate::pool::Pool;
 use crate::router::Router;
 use arc_swap::ArcSwap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 
 /// Everything the hot path reads, compiled from one [`Config`].
 pub struct Snapshot {
@@ -45,6 +46,15 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     /// `/ready`: every listener bound and not shutting down.
     pub ready: AtomicBool,
+    listeners: Mutex<HashMap<Arc<str>, Arc<ListenerStats>>>,
+}
+
+/// Counters of one listener, kept across reloads.
+// TODO(#metrics): export as switchyard_tls_handshake_errors_total{listener}.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Failed TLS handshakes, including plain HTTP sent to a TLS port.
+    pub tls_handshake_errors: AtomicU64,
 }
 
 impl Shared {
@@ -53,7 +63,14 @@ impl Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
+            listeners: Mutex::default(),
         }
+    }
+
+    /// The counters of listener `name` (created on first use).
+    pub fn listener_stats(&self, name: &Arc<str>) -> Arc<ListenerStats> {
+        let mut all = self.listeners.lock().expect("listener stats lock poisoned");
+        all.entry(name.clone()).or_default().clone()
     }
 
     /// The current snapshot; keep the `Arc` for the whole request.

@@ -56,7 +56,21 @@ fn check_warns_about_shadowed_routes_but_passes() {
 
 #[test]
 fn the_demo_config_checks_clean() {
-    let out = switchyard(&["check"]);
+    // As after `switchyard demo` generated its certificate: a copy with one of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.yaml"),
+        &config,
+    )
+    .unwrap();
+    switchyard::tls::generate_self_signed(
+        &dir.path().join("certs/localhost.crt"),
+        &dir.path().join("certs/localhost.key"),
+        &["localhost"],
+    )
+    .unwrap();
+    let out = switchyard(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -7,14 +7,16 @@
 use super::raw;
 use super::spans::{Pos, Spans};
 use super::{
-    AccessLogFormat, Backend, Balance, Config, ConfigError, HostMatch, Limits, Listener, Loaded,
-    PathMatch, Pool, Route, Timeouts, WhenAllDown,
+    AccessLogFormat, Backend, Balance, CaBundle, Config, ConfigError, HostMatch, Limits, Listener,
+    Loaded, PathMatch, Pool, Protocol, Route, Timeouts, UpstreamTls, WhenAllDown,
 };
 use crate::router::path::normalize;
+use crate::tls::{Certs, Which};
 use http::{HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Validate `raw`, read from `file`, whose positions are in `spans`.
@@ -243,15 +245,15 @@ impl Check<'_> {
                     ),
                 );
             }
-            if l.tls.is_some() {
+            let tls = l.tls.as_ref().and_then(|t| {
                 if l.redirect_https.is_some() {
                     self.error(
                         self.spans.key(&format!("{path}.redirect_https")),
                         "a listener cannot both terminate TLS and redirect to HTTPS",
                     );
                 }
-                self.unsupported(&format!("{path}.tls"), "TLS termination");
-            }
+                self.certificates(&format!("{path}.tls"), t)
+            });
             if l.redirect_https == Some(0) {
                 self.error(
                     self.spans.value(&format!("{path}.redirect_https")),
@@ -263,6 +265,7 @@ impl Check<'_> {
                     name: name.into(),
                     bind,
                     redirect_https: l.redirect_https,
+                    tls,
                 });
             }
         }
@@ -302,19 +305,12 @@ impl Check<'_> {
                 p.max_ejection_percent.is_some(),
                 "passive ejection on 5xx",
             ),
-            ("tls", p.tls == Some(true), "TLS to backends"),
-            ("ca", p.ca.is_some(), "TLS to backends"),
-            ("sni", p.sni.is_some(), "TLS to backends"),
-            (
-                "protocol",
-                p.protocol == Some(raw::Protocol::H2),
-                "HTTP/2 to backends",
-            ),
         ] {
             if set {
                 self.unsupported(&format!("{path}.{key}"), what);
             }
         }
+        let tls = self.upstream_tls(&path, p);
         let t = p.timeouts.as_ref();
         let timeouts = Timeouts {
             connect: self.duration(
@@ -348,7 +344,7 @@ impl Check<'_> {
                     ),
                 );
             }
-            let Some(addr) = self.backend_addr(&format!("{bpath}.addr"), &b.addr) else {
+            let Some((addr, host)) = self.backend_addr(&format!("{bpath}.addr"), &b.addr) else {
                 continue;
             };
             if let Some(prev) = seen.insert(addr, i) {
@@ -362,6 +358,7 @@ impl Check<'_> {
             }
             backends.push(Backend {
                 addr,
+                host,
                 weight,
                 drain: b.drain.unwrap_or(false),
             });
@@ -375,14 +372,91 @@ impl Check<'_> {
                 raw::WhenAllDown::FailOpen => WhenAllDown::FailOpen,
                 raw::WhenAllDown::Reject => WhenAllDown::Reject,
             },
+            protocol: match p.protocol.unwrap_or(raw::Protocol::Http1) {
+                raw::Protocol::Http1 => Protocol::Http1,
+                raw::Protocol::H2 => Protocol::H2,
+            },
+            tls,
             backends,
         }
     }
 
-    /// `host:port`, an IP literal or a name resolved now (the first address wins).
-    fn backend_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+    /// `tls: true`, with `ca:` and `sni:` that only make sense with it.
+    fn upstream_tls(&mut self, path: &str, p: &raw::Pool) -> Option<UpstreamTls> {
+        if p.tls != Some(true) {
+            for (key, set) in [("ca", p.ca.is_some()), ("sni", p.sni.is_some())] {
+                if set {
+                    self.error(
+                        self.spans.key(&format!("{path}.{key}")),
+                        format!("`{key}` needs `tls: true` on the pool"),
+                    );
+                }
+            }
+            return None;
+        }
+        let ca = p.ca.as_ref().and_then(|ca| {
+            let file = self.relative(ca);
+            match crate::tls::load_ca(&file) {
+                Ok((pem, certs)) => Some(Arc::new(CaBundle {
+                    path: file,
+                    pem,
+                    certs,
+                })),
+                Err(e) => {
+                    self.error(self.spans.value(&format!("{path}.ca")), e);
+                    None
+                }
+            }
+        });
+        if let Some(sni) = &p.sni
+            && rustls::pki_types::ServerName::try_from(sni.as_str()).is_err()
+        {
+            self.error(
+                self.spans.value(&format!("{path}.sni")),
+                format!("`{sni}` is not a DNS name or IP address"),
+            );
+        }
+        Some(UpstreamTls {
+            ca,
+            sni: p.sni.clone(),
+        })
+    }
+
+    fn relative(&self, p: &str) -> PathBuf {
+        super::relative_to(self.file, p)
+    }
+
+    /// Load and check a listener's certificates; errors point at the file at fault.
+    fn certificates(&mut self, path: &str, t: &raw::ListenerTls) -> Option<Arc<Certs>> {
+        if t.certificates.is_empty() {
+            self.error(
+                self.spans.key(path),
+                "`tls:` needs at least one entry under `certificates:`",
+            );
+            return None;
+        }
+        let mut entries = Vec::new();
+        for (i, c) in t.certificates.iter().enumerate() {
+            match crate::tls::load_pair(&self.relative(&c.cert), &self.relative(&c.key)) {
+                Ok(e) => entries.push(e),
+                Err(e) => {
+                    let key = match e.which {
+                        Which::Cert => "cert",
+                        Which::Key => "key",
+                    };
+                    let pos = self.spans.value(&format!("{path}.certificates.{i}.{key}"));
+                    self.error(pos, e.message);
+                }
+            }
+        }
+        (entries.len() == t.certificates.len()).then(|| Arc::new(Certs::new(entries)))
+    }
+
+    /// `host:port`, an IP literal or a name resolved now (the first address wins), with the
+    /// name when it was one.
+    fn backend_addr(&mut self, path: &str, value: &str) -> Option<(SocketAddr, Option<String>)> {
         if let Ok(a) = value.parse() {
-            return Some(a);
+            return Some((a, None));
         }
         let resolved = match value.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
@@ -397,7 +471,10 @@ impl Check<'_> {
             }
         };
         match resolved {
-            Ok(Some(a)) => Some(a),
+            Ok(Some(a)) => {
+                let host = value.rsplit_once(':').map(|(h, _)| h.to_ascii_lowercase());
+                Some((a, host))
+            }
             Ok(None) | Err(_) => {
                 self.error(self.spans.value(path), format!("cannot resolve `{value}`"));
                 None

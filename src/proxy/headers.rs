@@ -94,7 +94,7 @@ pub fn to_backend(
     append_forwarded_for(h, &conn.client_ip);
     h.insert(
         X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        HeaderValue::from_static(if conn.tls.is_some() { "https" } else { "http" }),
     );
     if let Some(host) = h.get(HOST).cloned() {
         h.insert(X_FORWARDED_HOST.clone(), host);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end: the demo from the README, driven by a real curl.
-# Starts `switchyard demo` (the embedded routes.yaml: 127.0.0.1:8080, admin :9901, echo
-# backends on :9001-9006), checks routing, balancing and errors, then stops it with SIGTERM
-# and expects a clean exit. Bounded: every curl has a timeout; the whole run takes seconds.
+# Starts `switchyard demo` (the embedded routes.yaml: 127.0.0.1:8080, TLS on :8443 with a
+# generated certificate, admin :9901, echo backends on :9001-9006), checks routing,
+# balancing, errors, HTTPS and HTTP/2, then stops it with SIGTERM and expects a clean exit.
+# Bounded: every curl has a timeout; the whole run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${SWITCHYARD_BIN:-target/debug/switchyard}
@@ -41,6 +42,14 @@ body=$(c -H 'X-Forwarded-For: 10.1.1.1' http://127.0.0.1:8080/api/users/9?q=1)
 # HTTP/1.0 and h2c prior knowledge from a real client
 [[ $(c -0 -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/api/users/1) == 200 ]] || fail "HTTP/1.0"
 [[ $(c --http2-prior-knowledge -o /dev/null -w '%{http_version} %{http_code}' http://127.0.0.1:8080/api/users/1) == "2 200" ]] || fail "h2c"
+# TLS with the generated certificate: verified against it, HTTP/2 by ALPN, and HTTP/1.1
+[[ -s certs/localhost.crt ]] || fail "demo did not generate certs/localhost.crt"
+v=$(c --cacert certs/localhost.crt --http2 -o /dev/null -w '%{http_version} %{http_code}' https://localhost:8443/api/products/1)
+[[ $v == "2 200" ]] || fail "https + h2: $v"
+v=$(c --cacert certs/localhost.crt --http1.1 -o /dev/null -w '%{http_version} %{http_code}' https://localhost:8443/api/products/1)
+[[ $v == "1.1 200" ]] || fail "https + http/1.1: $v"
+body=$(c -k https://127.0.0.1:8443/api/users/1)
+[[ $body == *'"x-forwarded-proto":"https"'* ]] || fail "x-forwarded-proto over TLS: $body"
 grep -q '"route":"products"' "$LOG/stdout" || fail "no JSON access log line on stdout"
 
 kill -TERM "$PID"

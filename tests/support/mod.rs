@@ -1,6 +1,8 @@
 //! Test harness: real backends and the real proxy on 127.0.0.1 with ephemeral ports.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
@@ -31,8 +33,12 @@ pub fn full(data: impl Into<Bytes>) -> TestBody {
 
 /// A running proxy; shut down (or dropped) at the end of the test.
 pub struct Proxy {
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, by name.
+    pub addrs: std::collections::HashMap<String, SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub shared: Arc<switchyard::snapshot::Shared>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -43,23 +49,36 @@ impl Proxy {
     pub async fn start(yaml: &str, addrs: &[(&str, SocketAddr)]) -> Proxy {
         let mut text = yaml
             .replace("{listen}", "127.0.0.1:0")
+            .replace("{listen2}", "127.0.0.1:0")
             .replace("{admin}", "127.0.0.1:0");
         for (name, addr) in addrs {
             text = text.replace(&format!("{{{name}}}"), &addr.to_string());
         }
         let loaded = switchyard::config::parse(Path::new("test.yaml"), &text)
             .unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{text}"));
-        let name = loaded.config.listeners[0].name.clone();
+        let names: Vec<_> = loaded
+            .config
+            .listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
         let server = Server::bind(loaded.config).await.expect("bind");
-        let addr = server.listener_addr(&name).expect("listener bound");
+        let addr = server.listener_addr(&names[0]).expect("listener bound");
+        let addrs = names
+            .iter()
+            .map(|n| (n.to_string(), server.listener_addr(n).expect("bound")))
+            .collect();
         let admin = server.admin_addr();
+        let shared = server.shared();
         let (tx, rx) = oneshot::channel();
         let done = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         Proxy {
             addr,
+            addrs,
             admin,
+            shared,
             stop: Some(tx),
             done: Some(done),
         }
@@ -251,6 +270,41 @@ pub async fn send(req: Request<TestBody>) -> Got {
 /// GET `url`.
 pub async fn get(url: &str) -> Got {
     send(Request::get(url).body(full("")).unwrap()).await
+}
+
+/// An HTTP/1.1 client connection over `io`.
+pub async fn h1_over<T>(io: T) -> hyper::client::conn::http1::SendRequest<TestBody>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    s
+}
+
+/// An HTTP/2 client connection over `io`.
+pub async fn h2_over<T>(io: T) -> hyper::client::conn::http2::SendRequest<TestBody>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    s
+}
+
+/// Collect a response.
+pub async fn collect(resp: Response<Incoming>) -> Got {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Got {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// Wait until `cond` holds, checking every 10 ms, failing after `timeout`.
