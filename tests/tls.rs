@@ -452,3 +452,31 @@ fn bad_certificates_fail_check_naming_the_file() {
     at(9, 18, "holds no PEM certificate");
     assert_eq!(lines.len(), 4, "{lines:#?}");
 }
+
+#[tokio::test]
+async fn a_new_snapshot_brings_new_certificates_to_new_handshakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let old = ca.leaf(dir.path(), "old", &["a.test"]);
+    let new = ca.leaf(dir.path(), "new", &["a.test"]);
+    let backend = Backend::echo("b").await;
+    let yaml = |leaf: &support::tls::Leaf| {
+        format!(
+            "listeners: [{{name: s, bind: \"127.0.0.1:0\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}]\n\
+             access_log: off\npools: {{p: {{backends: [{{addr: \"{}\"}}]}}}}\nroutes: [{{name: all, pool: p}}]\n",
+            leaf.cert.display(),
+            leaf.key.display(),
+            backend.addr
+        )
+    };
+    let proxy = Proxy::start(&yaml(&old), &[]).await;
+    let before = connect(proxy.addr, "a.test", ca.client(&[b"http/1.1"])).await;
+    assert_eq!(peer_cert(&before), old.der);
+    let next = switchyard::config::parse(std::path::Path::new("t.yaml"), &yaml(&new)).unwrap();
+    proxy.shared.swap(next.config);
+    // A fresh client, so no resumed session stands in for a full handshake.
+    let after = connect(proxy.addr, "a.test", ca.client(&[b"http/1.1"])).await;
+    assert_eq!(peer_cert(&after), new.der);
+    // The connection opened before keeps working.
+    assert_eq!(get_over(before, "a.test").await.status, 200);
+}
