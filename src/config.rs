@@ -42,6 +42,8 @@ pub struct Listener {
     pub redirect_https: Option<u16>,
     /// Terminate TLS with these certificates.
     pub tls: Option<Arc<crate::tls::Certs>>,
+    /// TLS session tickets and cache (default on); off makes every handshake a full one.
+    pub session_resumption: bool,
 }
 
 /// Access log line format.

@@ -203,6 +203,7 @@ impl Accept {
             TlsAcceptor::from(tls::server_config(
                 self.shared.clone(),
                 self.listener.name.clone(),
+                self.listener.session_resumption,
             ))
         });
         let stats = self.shared.listener_stats(&self.listener.name);

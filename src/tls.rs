@@ -267,15 +267,24 @@ pub fn listener_certs(shared: &Shared, name: &str) -> Option<Arc<Certs>> {
         .and_then(|l| l.tls.clone())
 }
 
-/// The rustls config of a TLS listener: TLS 1.2 and 1.3, ALPN h2 and http/1.1, session
-/// resumption by tickets and by a session cache.
-pub fn server_config(shared: Arc<Shared>, listener: Arc<str>) -> Arc<ServerConfig> {
+/// The rustls config of a TLS listener: TLS 1.2 and 1.3, ALPN h2 and http/1.1, and unless
+/// turned off, session resumption by tickets and by a session cache.
+pub fn server_config(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    resumption: bool,
+) -> Arc<ServerConfig> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the default provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver { shared, listener }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if !resumption {
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+        return Arc::new(cfg);
+    }
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
     match rustls::crypto::aws_lc_rs::Ticketer::new() {
         Ok(t) => cfg.ticketer = t,

@@ -480,3 +480,26 @@ async fn a_new_snapshot_brings_new_certificates_to_new_handshakes() {
     // The connection opened before keeps working.
     assert_eq!(get_over(before, "a.test").await.status, 200);
 }
+
+#[tokio::test]
+async fn session_resumption_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let a = ca.leaf(dir.path(), "a", &["a.test"]);
+    let backend = Backend::echo("b").await;
+    let yaml = format!(
+        "listeners: [{{name: s, bind: \"{{listen}}\", tls: {{session_resumption: false, certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}]\n\
+         access_log: off\npools: {{p: {{backends: [{{addr: \"{{b}}\"}}]}}}}\nroutes: [{{name: all, pool: p}}]\n",
+        a.cert.display(),
+        a.key.display()
+    );
+    let proxy = Proxy::start(&yaml, &[("b", backend.addr)]).await;
+    let cfg = ca.client(&[b"http/1.1"]);
+    let first = connect(proxy.addr, "a.test", cfg.clone()).await;
+    assert_eq!(get_over(first, "a.test").await.status, 200);
+    let second = connect(proxy.addr, "a.test", cfg).await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+}

@@ -42,6 +42,7 @@ pub struct Listener {
 pub struct ListenerTls {
     #[serde(default)]
     pub certificates: Vec<Certificate>,
+    pub session_resumption: Option<bool>,
 }
 
 /// `listeners[].tls.certificates[]`

@@ -266,6 +266,11 @@ impl Check<'_> {
                     bind,
                     redirect_https: l.redirect_https,
                     tls,
+                    session_resumption: l
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.session_resumption)
+                        .unwrap_or(true),
                 });
             }
         }
