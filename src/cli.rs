@@ -281,6 +281,16 @@ fn print_tour(server: &Server, config: &Config) {
         out,
         "  curl -si {base}/nope                    # no route: 404"
     );
+    for l in config.listeners.iter().filter(|l| l.tls.is_some()) {
+        if let Some(a) = server.listener_addr(&l.name) {
+            let _ = writeln!(
+                out,
+                "  curl -sk --http2 https://localhost:{}/api/products/1   # TLS listener {}, HTTP/2 by ALPN",
+                a.port(),
+                l.name
+            );
+        }
+    }
     if let Some(a) = server.admin_addr() {
         let _ = writeln!(out, "  curl -s http://{a}/ready                 # admin");
     }
