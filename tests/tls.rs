@@ -503,3 +503,95 @@ async fn session_resumption_can_be_turned_off() {
         Some(rustls::HandshakeKind::Full)
     );
 }
+
+#[tokio::test]
+async fn the_whole_chain_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::new();
+    let mid = root.intermediate();
+    let leaf = mid.leaf(dir.path(), "leaf", &["chain.test"]);
+    // The certificate file holds the leaf, then the intermediate.
+    let mut chain = std::fs::read_to_string(&leaf.cert).unwrap();
+    chain.push_str(&mid.pem);
+    std::fs::write(&leaf.cert, chain).unwrap();
+    let backend = Backend::echo("b").await;
+    let yaml = format!(
+        "listeners: [{{name: s, bind: \"{{listen}}\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}]\n\
+         access_log: off\npools: {{p: {{backends: [{{addr: \"{{b}}\"}}]}}}}\nroutes: [{{name: all, pool: p}}]\n",
+        leaf.cert.display(),
+        leaf.key.display()
+    );
+    let proxy = Proxy::start(&yaml, &[("b", backend.addr)]).await;
+    // The client trusts only the root: the handshake works only with the intermediate sent.
+    let s = connect(proxy.addr, "chain.test", root.client(&[])).await;
+    assert_eq!(s.get_ref().1.peer_certificates().unwrap().len(), 2);
+    assert_eq!(get_over(s, "chain.test").await.status, 200);
+}
+
+/// Run openssl (a CI dependency, see .ci/run) in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rsa_pkcs1_sec1_and_pkcs8_keys_all_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(d, &["genrsa", "-traditional", "-out", "rsa.key", "2048"]);
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "sec1.key",
+        ],
+    );
+    openssl(
+        d,
+        &["genpkey", "-algorithm", "ed25519", "-out", "pkcs8.key"],
+    );
+    for (key, header) in [
+        ("rsa.key", "BEGIN RSA PRIVATE KEY"),
+        ("sec1.key", "BEGIN EC PRIVATE KEY"),
+        ("pkcs8.key", "BEGIN PRIVATE KEY"),
+    ] {
+        let pem = std::fs::read_to_string(d.join(key)).unwrap();
+        assert!(
+            pem.contains(header),
+            "{key} is not in the format under test"
+        );
+        let cert = format!("{key}.crt");
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-key",
+                key,
+                "-subj",
+                "/CN=x",
+                "-addext",
+                "subjectAltName=DNS:x.test",
+                "-days",
+                "1",
+                "-out",
+                &cert,
+            ],
+        );
+        let entry = switchyard::tls::load_pair(&d.join(&cert), &d.join(key));
+        assert!(entry.is_ok(), "{key}: {:?}", entry.err());
+    }
+}

@@ -87,3 +87,18 @@ pub fn peer_cert(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
         .clone()
         .into_owned()
 }
+
+impl Ca {
+    /// An intermediate CA signed by this one, itself able to sign leaves.
+    pub fn intermediate(&self) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Ca {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+}
