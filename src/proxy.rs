@@ -131,7 +131,7 @@ impl Proxy {
         request_id: &HeaderValue,
         ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
-        if conn.clock.take_content_length_line() && parts.headers.contains_key(TRANSFER_ENCODING) {
+        if parts.headers.contains_key(TRANSFER_ENCODING) && conn.clock.head_had_content_length() {
             return Err(ProxyError::AmbiguousLength);
         }
         if parts.method == Method::CONNECT {

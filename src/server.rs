@@ -391,6 +391,7 @@ impl Conn {
         let mut armed = first;
         let mut timer = pin!(tokio::time::sleep_until(health::instant_at(first).into()));
         let mut graceful = false;
+        let mut registered = false;
         poll_fn(|cx| {
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 if let Err(e) = r {
@@ -398,10 +399,17 @@ impl Conn {
                 }
                 return Poll::Ready(());
             }
-            if killed.as_mut().poll(cx).is_ready() {
+            // A task's waker stays the same, so the shutdown futures are polled once to
+            // register it; after that an atomic load per wake-up tells if they fired.
+            if !registered {
+                registered = true;
+                let _ = stopping.as_mut().poll(cx);
+                let _ = killed.as_mut().poll(cx);
+            }
+            if self.kill.is_cancelled() {
                 return Poll::Ready(());
             }
-            if !graceful && stopping.as_mut().poll(cx).is_ready() {
+            if !graceful && self.stop.is_cancelled() {
                 graceful = true;
                 conn.as_mut().graceful_shutdown();
                 cx.waker().wake_by_ref();

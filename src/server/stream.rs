@@ -1,17 +1,18 @@
 //! A client connection's byte stream, watched: which phase the connection is in (idle,
-//! reading a request head, serving), since when, and whether the head being read carries a
-//! `Content-Length` line.
+//! reading a request head, serving), since when, and the raw bytes of the head being read.
 //!
 //! hyper's own header timer also runs while a keep-alive connection sits idle, which would
 //! make `client_header_timeout` cap `client_idle_timeout`; and hyper silently drops
 //! `Content-Length` when `Transfer-Encoding` is present, while the SPEC wants such a request
-//! refused. So the stream notes when the first byte of a head arrives and scans head bytes
-//! for `Content-Length` lines; `server` turns the phase into deadlines, and the proxy
-//! refuses a request that has Transfer-Encoding after such a line was seen.
+//! refused. So the stream notes when the first byte of a head arrives and keeps a copy of
+//! the head's bytes; `server` turns the phase into deadlines, and the proxy looks for a
+//! `Content-Length` line in the copy when (and only when) a request has Transfer-Encoding.
+//! The copy holds the first head of a pipelined batch and at most [`HEAD_COPY`] bytes.
 
 use crate::health::now_ms;
 use std::io;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +22,9 @@ const IDLE: u8 = 0;
 const HEAD: u8 = 1;
 const ACTIVE: u8 = 2;
 
+/// How much of a request head is kept for the Content-Length check.
+pub const HEAD_COPY: usize = 16 * 1024;
+
 /// Shared between a connection's stream, its driver and its requests.
 #[derive(Debug, Default)]
 pub struct Clock {
@@ -28,8 +32,11 @@ pub struct Clock {
     /// When the current phase began, in [`now_ms`] milliseconds.
     since: AtomicU64,
     in_flight: AtomicU32,
-    /// A `Content-Length` line was seen in the head now being served.
-    content_length_line: AtomicBool,
+    /// Bytes written while idle: a response body still streaming out keeps the connection
+    /// busy. A flag rather than a clock read per write; the idle timer looks at it.
+    written: AtomicBool,
+    /// The bytes of the request head being read (HTTP/1 only).
+    head: Mutex<Vec<u8>>,
     /// HTTP/2: heads arrive in frames, so only idleness is timed.
     h2: AtomicBool,
     /// A head started: the driver's timer may now be due earlier than it is set.
@@ -74,13 +81,17 @@ impl Clock {
         }
     }
 
-    /// Take the flag set when the request's head had a `Content-Length` line.
-    pub fn take_content_length_line(&self) -> bool {
-        self.content_length_line.load(Relaxed) && self.content_length_line.swap(false, Relaxed)
+    /// Whether the head of the request now served had a `Content-Length` line.
+    pub fn head_had_content_length(&self) -> bool {
+        let head = self.head.lock().expect("head copy lock poisoned");
+        has_content_length_line(&head)
     }
 
     /// Decide, at `now` (ms), given the configured timeouts.
     pub fn check(&self, now: u64, head: Duration, idle: Duration) -> Verdict {
+        if self.phase.load(Relaxed) == IDLE && self.written.swap(false, Relaxed) {
+            self.since.store(now, Relaxed);
+        }
         let since = self.since.load(Relaxed);
         let (limit, verdict) = match self.phase.load(Relaxed) {
             HEAD => (head, Verdict::HeadTimeout),
@@ -100,93 +111,65 @@ impl Clock {
         self.rearm.load(Relaxed) && self.rearm.swap(false, Relaxed)
     }
 
-    fn on_read(&self) -> bool {
+    /// Note `bytes` just read.
+    fn on_read(&self, bytes: &[u8]) {
         if self.h2.load(Relaxed) {
-            return false;
+            return;
         }
-        match self.phase.load(Relaxed) {
-            IDLE => {
-                self.since.store(now_ms(), Relaxed);
-                self.phase.store(HEAD, Relaxed);
-                self.content_length_line.store(false, Relaxed);
-                self.rearm.store(true, Relaxed);
-                true
-            }
-            HEAD => true,
-            _ => false,
+        let start = match self.phase.load(Relaxed) {
+            IDLE => true,
+            HEAD => false,
+            _ => return,
+        };
+        let mut head = self.head.lock().expect("head copy lock poisoned");
+        if start {
+            self.since.store(now_ms(), Relaxed);
+            self.phase.store(HEAD, Relaxed);
+            self.rearm.store(true, Relaxed);
+            head.clear();
         }
+        let room = HEAD_COPY.saturating_sub(head.len());
+        head.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     fn on_write(&self) {
-        // A response body still streaming out after its head keeps the connection busy.
-        if self.phase.load(Relaxed) == IDLE {
-            self.since.store(now_ms(), Relaxed);
+        if self.phase.load(Relaxed) == IDLE && !self.written.load(Relaxed) {
+            self.written.store(true, Relaxed);
         }
     }
 }
 
-/// Finds `Content-Length:` at line starts of a request head, across read boundaries.
-#[derive(Default)]
-struct HeadScan {
-    /// The first bytes of the current line, lower-cased.
-    prefix: [u8; NAME.len()],
-    plen: usize,
-    /// Length of the current line so far.
-    line_len: usize,
-    /// A non-blank line (the request line) was seen.
-    started: bool,
-    /// The blank line ending the head was seen.
-    done: bool,
-}
-
-const NAME: &[u8] = b"content-length:";
-
-impl HeadScan {
-    /// Scan `bytes`; true when a `Content-Length` line ended in them.
-    fn feed(&mut self, bytes: &[u8]) -> bool {
-        let mut found = false;
-        let mut rest = bytes;
-        while !self.done && !rest.is_empty() {
-            let eol = memchr::memchr(b'\n', rest);
-            let chunk = &rest[..eol.unwrap_or(rest.len())];
-            let take = (NAME.len() - self.plen).min(chunk.len());
-            for &b in &chunk[..take] {
-                self.prefix[self.plen] = b.to_ascii_lowercase();
-                self.plen += 1;
+/// Whether a `Content-Length` field line comes before the blank line ending the head in
+/// `raw` (blank lines before the request line are allowed: RFC 9112 §2.2).
+fn has_content_length_line(raw: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-length:";
+    let mut started = false;
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if started {
+                return false;
             }
-            self.line_len += chunk.len();
-            let Some(i) = eol else { break };
-            let blank = self.line_len == 0 || (self.line_len == 1 && self.prefix[0] == b'\r');
-            if blank {
-                // Empty lines before the request line are allowed (RFC 9112 §2.2).
-                self.done = self.started;
-            } else {
-                self.started = true;
-                found |= self.prefix == *NAME;
-            }
-            self.plen = 0;
-            self.line_len = 0;
-            rest = &rest[i + 1..];
+            continue;
         }
-        found
+        started = true;
+        if line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME) {
+            return true;
+        }
     }
+    false
 }
 
 /// A client's stream with its [`Clock`] kept current.
 pub struct Stream<T> {
     inner: T,
     clock: std::sync::Arc<Clock>,
-    scan: HeadScan,
 }
 
 impl<T> Stream<T> {
     /// Watch `inner` with `clock`.
     pub fn new(inner: T, clock: std::sync::Arc<Clock>) -> Stream<T> {
-        Stream {
-            inner,
-            clock,
-            scan: HeadScan::default(),
-        }
+        Stream { inner, clock }
     }
 }
 
@@ -198,18 +181,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            let this = &mut *self;
-            let was_idle = this.clock.phase.load(Relaxed) == IDLE;
-            if this.clock.on_read() {
-                if was_idle {
-                    this.scan = HeadScan::default();
-                }
-                if this.scan.feed(&buf.filled()[before..]) {
-                    this.clock.content_length_line.store(true, Relaxed);
-                }
-            }
+        if buf.filled().len() > before {
+            self.clock.on_read(&buf.filled()[before..]);
         }
         r
     }
@@ -252,35 +225,25 @@ mod tests {
     use super::*;
 
     fn scan(parts: &[&[u8]]) -> bool {
-        let mut s = HeadScan::default();
-        parts.iter().fold(false, |f, p| s.feed(p) | f)
+        let c = Clock::new(false);
+        for p in parts {
+            c.on_read(p);
+        }
+        c.head_had_content_length()
     }
 
     #[test]
     fn finds_content_length_in_any_case_and_split_reads() {
         assert!(scan(&[b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"]));
-        assert!(scan(&[
-            b"POST / HTTP/1.1\r\ncontent-LEN",
-            b"GTH: 3\r\n\r\n"
-        ]));
-        assert!(scan(&[
-            b"POST / HTTP/1.1\r\n",
-            b"C",
-            b"ontent-Length:3\r",
-            b"\n\r\n"
-        ]));
+        assert!(scan(&[b"POST / HTTP/1.1\r\ncontent-LEN", b"GTH: 3\r\n\r\n"]));
+        assert!(scan(&[b"POST / HTTP/1.1\r\n", b"C", b"ontent-Length:3\r", b"\n\r\n"]));
     }
 
     #[test]
     fn ignores_other_headers_and_the_body() {
         assert!(!scan(&[b"POST / HTTP/1.1\r\nX-Content-Length: 3\r\n\r\n"]));
-        assert!(!scan(&[
-            b"POST / HTTP/1.1\r\nHost: a\r\n\r\nContent-Length: 3\r\n"
-        ]));
-        assert!(!scan(&[
-            b"POST / HTTP/1.1\r\nHost: a\r\n\r",
-            b"\nContent-Length: 3\r\n"
-        ]));
+        assert!(!scan(&[b"POST / HTTP/1.1\r\nHost: a\r\n\r\nContent-Length: 3\r\n"]));
+        assert!(!scan(&[b"POST / HTTP/1.1\r\nHost: a\r\n\r", b"\nContent-Length: 3\r\n"]));
     }
 
     #[test]
@@ -298,7 +261,7 @@ mod tests {
         let idle = Duration::from_millis(1000);
         assert_eq!(c.check(since, head, idle), Verdict::WaitUntil(since + 1000));
         assert_eq!(c.check(since + 1000, head, idle), Verdict::Idle);
-        assert!(c.on_read());
+        c.on_read(b"GET");
         let started = c.since.load(Relaxed);
         assert_eq!(c.check(started + 100, head, idle), Verdict::HeadTimeout);
     }
