@@ -36,9 +36,11 @@ pub struct Passive {
 }
 
 impl Passive {
-    /// False while the backend is ejected.
-    pub fn available(&self, now_ms: u64) -> bool {
-        self.ejected_until.load(Relaxed) <= now_ms
+    /// False while the backend is ejected. Reads the clock only for a backend that has
+    /// been ejected since its last successful connect.
+    pub fn available(&self) -> bool {
+        let until = self.ejected_until.load(Relaxed);
+        until == 0 || until <= now_ms()
     }
 
     /// Count a failed connect; returns the ejection time if this one ejected the backend.
@@ -65,6 +67,9 @@ impl Passive {
         if self.ejections.load(Relaxed) != 0 {
             self.ejections.store(0, Relaxed);
         }
+        if self.ejected_until.load(Relaxed) != 0 {
+            self.ejected_until.store(0, Relaxed);
+        }
     }
 }
 
@@ -79,8 +84,7 @@ mod tests {
             assert_eq!(p.connect_failed(1000), None);
         }
         assert_eq!(p.connect_failed(1000), Some(Duration::from_secs(30)));
-        assert!(!p.available(1000));
-        assert!(p.available(31_000));
+        assert_eq!(p.ejected_until.load(Relaxed), 31_000);
         for _ in 0..4 {
             p.connect_failed(31_000);
         }
@@ -101,6 +105,10 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(p.connect_failed(0), None);
         }
-        assert!(p.available(0));
+        assert!(p.available());
+        p.connect_failed(now_ms());
+        assert!(!p.available());
+        p.connected();
+        assert!(p.available());
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::balance::Balancer;
 use crate::config::{self, Protocol, Timeouts, UpstreamTls, WhenAllDown};
-use crate::health::{self, Passive};
+use crate::health::Passive;
 use crate::upstream::{Connector, Endpoint};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -99,8 +99,8 @@ impl Backend {
     }
 
     /// May take new requests: not draining and not ejected.
-    fn available(&self, now_ms: u64) -> bool {
-        !self.drain && self.state.passive.available(now_ms)
+    fn available(&self) -> bool {
+        !self.drain && self.state.passive.available()
     }
 }
 
@@ -187,15 +187,14 @@ impl Pool {
 
     /// The next backend to try, skipping those in `tried`.
     pub fn pick(&self, tried: &Tried) -> Pick {
-        let now = health::now_ms();
         let b = &self.backends;
         if let Some(i) = self
             .balancer
-            .pick(b, |i| !tried.has(i) && b[i].available(now))
+            .pick(b, |i| !tried.has(i) && b[i].available())
         {
             return Pick::Healthy(i);
         }
-        if b.iter().any(|x| x.available(now)) {
+        if b.iter().any(|x| x.available()) {
             return Pick::Exhausted;
         }
         match self.when_all_down {
@@ -211,6 +210,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health;
     use std::time::Duration;
 
     fn pool(when_all_down: WhenAllDown, drains: &[bool]) -> Pool {

@@ -9,6 +9,7 @@
 
 use crate::body::RequestBody;
 use crate::error::ConnectError;
+use crate::health;
 use crate::pool::InFlight;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,7 +23,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -68,7 +69,8 @@ impl Sender {
 /// The connections of one backend.
 #[derive(Default)]
 pub struct Endpoint {
-    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
+    /// Idle connections with when they went idle ([`health::now_ms`]), newest last.
+    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -78,6 +80,9 @@ pub struct Conn {
     /// Came from the pool (so a failure may just mean the server closed it).
     pub reused: bool,
 }
+
+/// Idle connections older than this many milliseconds are not reused.
+const MAX_IDLE_MS: u64 = MAX_IDLE_AGE.as_millis() as u64;
 
 impl Endpoint {
     /// A connection ready for a request: pooled, or new.
@@ -122,8 +127,12 @@ impl Endpoint {
 
     fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().expect("idle pool lock poisoned");
+        if idle.is_empty() {
+            return None;
+        }
+        let now = health::now_ms();
         while let Some((s, since)) = idle.pop() {
-            if s.is_ready() && since.elapsed() < MAX_IDLE_AGE {
+            if s.is_ready() && now.saturating_sub(since) < MAX_IDLE_MS {
                 return Some(s);
             }
         }
@@ -136,9 +145,10 @@ impl Endpoint {
         if s.is_closed() {
             return;
         }
+        let now = health::now_ms();
         let mut idle = self.idle.lock().expect("idle pool lock poisoned");
         if idle.len() < MAX_IDLE {
-            idle.push((s, Instant::now()));
+            idle.push((s, now));
         }
     }
 }

@@ -142,6 +142,8 @@ pub fn to_backend(
 ) -> Hop {
     let present = Present::scan(h);
     let hop = strip_present(h, present);
+    // Up to four fields are added below: grow the map once, not per insert.
+    h.reserve(4);
     if hop.te_trailers {
         h.insert(TE, HeaderValue::from_static("trailers"));
     }

@@ -41,7 +41,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|s| s == "." || s == "..")
+    // Every dot segment starts with "/." (paths are absolute): a SIMD search rules out
+    // nearly every path before the exact segment check.
+    memchr::memmem::find(path.as_bytes(), b"/.").is_some()
+        && path.split('/').any(|s| s == "." || s == "..")
 }
 
 fn is_unreserved(b: u8) -> bool {
