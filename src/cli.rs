@@ -20,7 +20,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    run: ConfigArg,
+    run: RunArgs,
     /// Log verbosity: error, warn, info, debug or trace (RUST_LOG, if set, wins).
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -29,13 +29,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default command).
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Validate the config: print a summary and exit 0, or every error as
     /// PATH:LINE:COL: message and exit 1.
     Check(ConfigArg),
     /// Start an echo backend for every loopback backend address in the config, then run
     /// the proxy and print a few curl lines to try.
-    Demo(ConfigArg),
+    Demo(RunArgs),
     /// A small echo backend: answers every request with 200 and a JSON description of it.
     Echo {
         /// Address to listen on, like 127.0.0.1:9001.
@@ -45,6 +45,16 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Worker threads, each with its own runtime (overrides `workers:`; default: one per
+    /// core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
 }
 
 #[derive(Args)]
@@ -65,9 +75,9 @@ pub fn main() -> ExitCode {
     };
     init_tracing(cli.log_level.as_deref());
     let result = match cli.command {
-        None => run(&cli.run.config, false),
-        Some(Command::Run(a)) => run(&a.config, false),
-        Some(Command::Demo(a)) => run(&a.config, true),
+        None => run(&cli.run, false),
+        Some(Command::Run(a)) => run(&a, false),
+        Some(Command::Demo(a)) => run(&a, true),
         Some(Command::Check(a)) => return check(&a.config),
         Some(Command::Echo { listen, name }) => echo(listen, name),
     };
@@ -202,15 +212,24 @@ fn summary(path: &Path, c: &Config) -> String {
     s
 }
 
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n);
-    }
-    b.enable_all().build().context("cannot start the runtime")
+/// The runtime layout, chosen by measurement (bench/README.md): one current-thread runtime
+/// per worker, each with its own SO_REUSEPORT sockets. Worker 0 runs on this runtime.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
 }
 
-fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
+fn workers(args: &RunArgs, config: &Config) -> usize {
+    args.workers
+        .map(usize::from)
+        .or(config.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn run(args: &RunArgs, demo: bool) -> anyhow::Result<()> {
+    let path = &args.config.config;
     if demo {
         for (cert, key) in config::missing_certificates(path) {
             crate::tls::generate_self_signed(&cert, &key, &["localhost", "127.0.0.1", "::1"])
@@ -219,12 +238,13 @@ fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
         }
     }
     let config = load(path).ok_or_else(|| anyhow::anyhow!("{} is not valid", path.display()))?;
-    let rt = runtime(config.workers)?;
+    let workers = workers(args, &config);
+    let rt = runtime()?;
     rt.block_on(async move {
         if demo {
             start_echo_backends(&config).await?;
         }
-        let server = Server::bind(config.clone()).await?;
+        let server = Server::bind_workers(config.clone(), workers).await?;
         if demo {
             print_tour(&server, &config);
         }
@@ -302,7 +322,7 @@ fn print_tour(server: &Server, config: &Config) {
 }
 
 fn echo(listen: SocketAddr, name: String) -> anyhow::Result<()> {
-    let rt = runtime(None)?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await

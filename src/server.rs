@@ -15,6 +15,7 @@ use crate::health;
 use crate::proxy::{ConnInfo, Proxy, TlsInfo};
 use crate::snapshot::{ListenerStats, Shared, Snapshot};
 use crate::tls;
+use crate::upstream;
 use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -42,32 +43,49 @@ pub struct Server {
     shared: Arc<Shared>,
     proxy: Arc<Proxy>,
     listeners: Vec<Bound>,
-    admin: Option<TcpListener>,
+    admin: Option<std::net::TcpListener>,
+    workers: usize,
 }
 
+/// A listener and its sockets: one per worker, all bound to the same address.
 struct Bound {
     cfg: Arc<config::Listener>,
-    listener: TcpListener,
+    sockets: Vec<std::net::TcpListener>,
 }
 
 impl Server {
-    /// Bind every listener of `config` and its admin address.
+    /// Bind every listener of `config` and its admin address, for one runtime.
     pub async fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_workers(config, 1).await
+    }
+
+    /// Bind for `workers` single-threaded runtimes: each listener gets one SO_REUSEPORT
+    /// socket per worker, so the kernel spreads new connections over the workers and a
+    /// connection lives on one thread from accept to close.
+    pub async fn bind_workers(config: Config, workers: usize) -> io::Result<Server> {
+        let workers = workers.max(1);
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            let listener = bind_tcp(l.bind).map_err(|e| {
+            let err = |e: io::Error| {
                 io::Error::new(
                     e.kind(),
                     format!("cannot bind listener {} to {}: {e}", l.name, l.bind),
                 )
-            })?;
+            };
+            let first = bind_tcp(l.bind, workers > 1).map_err(err)?;
+            // Port 0 picks a port once; the other workers' sockets join that one.
+            let addr = first.local_addr()?;
+            let mut sockets = vec![first];
+            for _ in 1..workers {
+                sockets.push(bind_tcp(addr, true).map_err(err)?);
+            }
             listeners.push(Bound {
                 cfg: Arc::new(l.clone()),
-                listener,
+                sockets,
             });
         }
         let admin = match config.admin {
-            Some(a) => Some(bind_tcp(a).map_err(|e| {
+            Some(a) => Some(bind_tcp(a, false).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("cannot bind the admin listener to {a}: {e}"),
@@ -82,6 +100,7 @@ impl Server {
             shared,
             listeners,
             admin,
+            workers,
         })
     }
 
@@ -90,7 +109,7 @@ impl Server {
         self.listeners
             .iter()
             .find(|b| &*b.cfg.name == name)
-            .and_then(|b| b.listener.local_addr().ok())
+            .and_then(|b| b.sockets[0].local_addr().ok())
     }
 
     /// The state shared with the running proxy (snapshot, readiness, counters).
@@ -103,48 +122,119 @@ impl Server {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
-    /// Serve until `shutdown` resolves, then drain (see the module docs).
+    /// Serve until `shutdown` resolves, then drain (see the module docs). Worker 0 runs on
+    /// the calling runtime; with [`bind_workers`](Server::bind_workers), each other worker
+    /// gets a thread with a current-thread runtime of its own.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             shared,
             proxy,
             listeners,
             admin,
+            workers,
         } = self;
         let stop = CancellationToken::new();
-        let kill = CancellationToken::new();
-        let conns = TaskTracker::new();
-        let admin = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone())));
-        let accepts: Vec<_> = listeners
-            .into_iter()
-            .map(|b| {
-                if let Ok(addr) = b.listener.local_addr() {
-                    tracing::info!(listener = %b.cfg.name, %addr, "listening");
-                }
-                let limits = shared.load().config.limits.clone();
-                let ctx = Accept {
-                    proxy: proxy.clone(),
+        let admin = admin.map(|l| {
+            let l = TcpListener::from_std(l).expect("a bound socket registers with the runtime");
+            tokio::spawn(admin::serve(l, shared.clone()))
+        });
+        let mut sets: Vec<Vec<(Arc<config::Listener>, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for b in listeners {
+            for (i, socket) in b.sockets.into_iter().enumerate() {
+                sets[i].push((b.cfg.clone(), socket));
+            }
+        }
+        let mut sets = sets.into_iter().enumerate();
+        let (_, local) = sets.next().expect("at least one worker");
+        let threads: Vec<_> = sets
+            .map(|(i, set)| {
+                let worker = Worker {
+                    index: i,
                     shared: shared.clone(),
-                    listener: b.cfg,
-                    limits: Arc::new(limits),
+                    proxy: proxy.clone(),
                     stop: stop.clone(),
-                    kill: kill.clone(),
-                    conns: conns.clone(),
                 };
-                tokio::spawn(ctx.run(b.listener))
+                std::thread::Builder::new()
+                    .name(format!("switchyard-{i}"))
+                    .spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("cannot start a worker runtime");
+                        rt.block_on(worker.serve(set));
+                    })
+                    .expect("cannot start a worker thread")
             })
             .collect();
+        let local = tokio::spawn(
+            Worker {
+                index: 0,
+                shared: shared.clone(),
+                proxy,
+                stop: stop.clone(),
+            }
+            .serve(local),
+        );
         shared.ready.store(true, Ordering::Relaxed);
 
         shutdown.await;
         shared.ready.store(false, Ordering::Relaxed);
         tracing::info!("shutting down: listeners closed, finishing requests in flight");
         stop.cancel();
+        let _ = local.await;
+        for t in threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Some(a) = admin {
+            a.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// One worker: accept loops over its sockets, and the connections they accept.
+struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
+    stop: CancellationToken,
+}
+
+impl Worker {
+    async fn serve(self, sockets: Vec<(Arc<config::Listener>, std::net::TcpListener)>) {
+        upstream::set_worker(self.index);
+        let kill = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let limits = Arc::new(self.shared.load().config.limits.clone());
+        let accepts: Vec<_> = sockets
+            .into_iter()
+            .map(|(cfg, socket)| {
+                let listener =
+                    TcpListener::from_std(socket).expect("a bound socket registers with the runtime");
+                if self.index == 0
+                    && let Ok(addr) = listener.local_addr()
+                {
+                    tracing::info!(listener = %cfg.name, %addr, "listening");
+                }
+                let ctx = Accept {
+                    proxy: self.proxy.clone(),
+                    shared: self.shared.clone(),
+                    listener: cfg,
+                    limits: limits.clone(),
+                    stop: self.stop.clone(),
+                    kill: kill.clone(),
+                    conns: conns.clone(),
+                };
+                tokio::spawn(ctx.run(listener))
+            })
+            .collect();
+        self.stop.cancelled().await;
         for a in accepts {
             let _ = a.await;
         }
         conns.close();
-        let grace = shared.load().config.shutdown_timeout;
+        let grace = self.shared.load().config.shutdown_timeout;
         if tokio::time::timeout(grace, conns.wait()).await.is_err() {
             tracing::warn!(
                 connections = conns.len(),
@@ -154,10 +244,6 @@ impl Server {
             kill.cancel();
             conns.wait().await;
         }
-        if let Some(a) = admin {
-            a.abort();
-        }
-        tracing::info!("stopped");
     }
 }
 
@@ -175,15 +261,18 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
-    socket.listen(4096)
+    socket.listen(4096)?.into_std()
 }
 
 /// One listener's accept loop and what its connections share.

@@ -66,11 +66,25 @@ impl Sender {
     }
 }
 
+/// Idle pools per backend: one per worker runtime (modulo this), so a worker reuses the
+/// connections its own runtime drives instead of waking another thread for each request.
+const SHARDS: usize = 16;
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Tell this thread which worker it runs (its idle-pool shard).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index % SHARDS));
+}
+
 /// The connections of one backend.
 #[derive(Default)]
 pub struct Endpoint {
-    /// Idle connections with when they went idle ([`health::now_ms`]), newest last.
-    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>,
+    /// Per worker: idle connections with when they went idle ([`health::now_ms`]),
+    /// newest last.
+    idle: [Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>; SHARDS],
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -125,8 +139,12 @@ impl Endpoint {
         }
     }
 
+    fn idle(&self) -> &Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>> {
+        &self.idle[WORKER.with(|w| w.get())]
+    }
+
     fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().expect("idle pool lock poisoned");
+        let mut idle = self.idle().lock().expect("idle pool lock poisoned");
         if idle.is_empty() {
             return None;
         }
@@ -146,7 +164,7 @@ impl Endpoint {
             return;
         }
         let now = health::now_ms();
-        let mut idle = self.idle.lock().expect("idle pool lock poisoned");
+        let mut idle = self.idle().lock().expect("idle pool lock poisoned");
         if idle.len() < MAX_IDLE {
             idle.push((s, now));
         }
