@@ -188,10 +188,7 @@ impl Pool {
     /// The next backend to try, skipping those in `tried`.
     pub fn pick(&self, tried: &Tried) -> Pick {
         let b = &self.backends;
-        if let Some(i) = self
-            .balancer
-            .pick(b, |i| !tried.has(i) && b[i].available())
-        {
+        if let Some(i) = self.balancer.pick(b, |i| !tried.has(i) && b[i].available()) {
             return Pick::Healthy(i);
         }
         if b.iter().any(|x| x.available()) {

@@ -210,8 +210,8 @@ impl Worker {
         let accepts: Vec<_> = sockets
             .into_iter()
             .map(|(cfg, socket)| {
-                let listener =
-                    TcpListener::from_std(socket).expect("a bound socket registers with the runtime");
+                let listener = TcpListener::from_std(socket)
+                    .expect("a bound socket registers with the runtime");
                 if self.index == 0
                     && let Ok(addr) = listener.local_addr()
                 {

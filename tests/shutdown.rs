@@ -84,3 +84,43 @@ async fn shutdown_timeout_cuts_requests_that_take_too_long() {
         "the cut request fails instead of hanging"
     );
 }
+
+#[tokio::test]
+async fn several_workers_share_a_listener_and_drain_together() {
+    let b = Backend::echo("b").await;
+    let yaml = YAML
+        .replace("{b}", &b.addr.to_string())
+        .replace("{listen}", "127.0.0.1:0")
+        .replace("{admin}", "127.0.0.1:0");
+    let config = switchyard::config::parse(std::path::Path::new("t.yaml"), &yaml)
+        .unwrap()
+        .config;
+    let server = switchyard::server::Server::bind_workers(config, 3)
+        .await
+        .unwrap();
+    let addr = server.listener_addr("web").unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    // Separate connections, spread by the kernel over the workers' sockets.
+    for _ in 0..30 {
+        let got = raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    }
+    assert_eq!(b.hits(), 30);
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("every worker drains and stops")
+        .unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "all the workers' sockets are closed"
+    );
+}

@@ -235,15 +235,28 @@ mod tests {
     #[test]
     fn finds_content_length_in_any_case_and_split_reads() {
         assert!(scan(&[b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"]));
-        assert!(scan(&[b"POST / HTTP/1.1\r\ncontent-LEN", b"GTH: 3\r\n\r\n"]));
-        assert!(scan(&[b"POST / HTTP/1.1\r\n", b"C", b"ontent-Length:3\r", b"\n\r\n"]));
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\ncontent-LEN",
+            b"GTH: 3\r\n\r\n"
+        ]));
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\n",
+            b"C",
+            b"ontent-Length:3\r",
+            b"\n\r\n"
+        ]));
     }
 
     #[test]
     fn ignores_other_headers_and_the_body() {
         assert!(!scan(&[b"POST / HTTP/1.1\r\nX-Content-Length: 3\r\n\r\n"]));
-        assert!(!scan(&[b"POST / HTTP/1.1\r\nHost: a\r\n\r\nContent-Length: 3\r\n"]));
-        assert!(!scan(&[b"POST / HTTP/1.1\r\nHost: a\r\n\r", b"\nContent-Length: 3\r\n"]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\n\r\nContent-Length: 3\r\n"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\n\r",
+            b"\nContent-Length: 3\r\n"
+        ]));
     }
 
     #[test]
