@@ -79,12 +79,14 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index % SHARDS));
 }
 
+/// Idle connections with when they went idle ([`health::now_ms`]), newest last.
+type IdlePool = Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>;
+
 /// The connections of one backend.
 #[derive(Default)]
 pub struct Endpoint {
-    /// Per worker: idle connections with when they went idle ([`health::now_ms`]),
-    /// newest last.
-    idle: [Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>; SHARDS],
+    /// One pool per worker.
+    idle: [IdlePool; SHARDS],
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -139,7 +141,7 @@ impl Endpoint {
         }
     }
 
-    fn idle(&self) -> &Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>> {
+    fn idle(&self) -> &IdlePool {
         &self.idle[WORKER.with(|w| w.get())]
     }
 
