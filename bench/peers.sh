@@ -774,7 +774,7 @@ env_header() {
   echo "- $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
   echo "- $(h2load --version 2>&1 | head -1)"
   echo "- $(openssl version)"
-  [[ -n $SWITCHYARD_CMD ]] && echo "- $SWITCHYARD_NAME: \`$SWITCHYARD_CMD\`"
+  [[ -n $SWITCHYARD_CMD ]] && echo "- $SWITCHYARD_NAME $(git -C "$REPO" describe --always --dirty 2>/dev/null): \`${SWITCHYARD_CMD#"$REPO"/}\`"
   echo
 }
 
