@@ -257,14 +257,7 @@ impl Got {
 
 /// Send `req` and collect the response.
 pub async fn send(req: Request<TestBody>) -> Got {
-    let resp = client().request(req).await.expect("request failed");
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Got {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    collect(client().request(req).await.expect("request failed")).await
 }
 
 /// GET `url`.
