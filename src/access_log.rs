@@ -42,7 +42,7 @@ pub struct Entry {
     pub user_agent: Option<HeaderValue>,
     bytes: u64,
     duration: f64,
-    log: AccessLog,
+    log: Option<AccessLog>,
 }
 
 impl AccessLog {
@@ -70,7 +70,6 @@ impl AccessLog {
     }
 
     /// A new entry for a request that started now.
-    #[allow(clippy::too_many_arguments)]
     pub fn entry(
         &self,
         listener: Arc<str>,
@@ -99,7 +98,7 @@ impl AccessLog {
             user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
             bytes: 0,
             duration: 0.0,
-            log: self.clone(),
+            log: Some(self.clone()),
         })
     }
 }
@@ -109,10 +108,14 @@ impl Entry {
     pub fn finish(mut self: Box<Self>, bytes: u64) {
         self.bytes = bytes;
         self.duration = self.start.elapsed().as_secs_f64() * 1000.0;
-        let Some(tx) = self.log.tx.clone() else {
+        // The entry travels without its handle: move it out rather than clone it.
+        let Some(AccessLog {
+            tx: Some(tx),
+            dropped,
+        }) = self.log.take()
+        else {
             return;
         };
-        let dropped = self.log.dropped.clone();
         if let Err(TrySendError::Full(_)) = tx.try_send(self) {
             dropped.fetch_add(1, Relaxed);
         }

@@ -4,7 +4,7 @@
 
 use crate::body::Body;
 use crate::snapshot::Shared;
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -41,11 +41,5 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),
     };
-    let mut resp = Response::new(Body::full(text));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    crate::body::text(status, text)
 }

@@ -59,6 +59,17 @@ impl Body {
     }
 }
 
+/// A short `text/plain` response: errors and admin answers.
+pub fn text(status: http::StatusCode, text: impl Into<Bytes>) -> http::Response<Body> {
+    let mut resp = http::Response::new(Body::full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
 impl Drop for Body {
     fn drop(&mut self) {
         if let Some(entry) = self.log.take() {

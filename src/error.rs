@@ -131,13 +131,8 @@ impl ProxyError {
                 status.canonical_reason().unwrap_or_default()
             ),
         };
-        let mut resp = Response::new(Body::full(text));
-        *resp.status_mut() = status;
+        let mut resp = crate::body::text(status, text);
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
         if self.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

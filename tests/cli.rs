@@ -94,6 +94,10 @@ fn the_demo_config_checks_clean() {
 fn usage_errors_exit_2_and_help_exits_0() {
     assert_eq!(switchyard(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(switchyard(&["echo"]).status.code(), Some(2));
+    assert_eq!(
+        switchyard(&["run", "--workers", "0"]).status.code(),
+        Some(2)
+    );
     let help = switchyard(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
@@ -127,7 +131,8 @@ async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["--config", config.to_str().unwrap()])
+        // Three workers, each with its own SO_REUSEPORT socket on the same port.
+        .args(["--config", config.to_str().unwrap(), "--workers", "3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -146,6 +151,12 @@ async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
     };
     let got = get(&format!("http://{addr}/hello?x=1")).await;
     assert_eq!(got.status, 200);
+    let worker_threads = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("switchyard-"))
+        .count();
+    assert_eq!(worker_threads, 2, "worker 0 runs on the main thread");
 
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();

@@ -28,6 +28,11 @@ routes:
     )
 }
 
+/// A proxy with `extra` top-level config in front of backend `b` alone.
+async fn one_backend(b: &Backend, extra: &str) -> Proxy {
+    Proxy::start(&config(r#"{addr: "{b}"}"#, extra), &[("b", b.addr)]).await
+}
+
 /// A backend that counts the request body bytes it receives.
 async fn body_counter() -> (Backend, Arc<AtomicUsize>) {
     let got = Arc::new(AtomicUsize::new(0));
@@ -138,11 +143,7 @@ async fn a_get_is_retried_when_the_connection_dies_before_the_response() {
 #[tokio::test]
 async fn declared_body_over_the_limit_is_413_and_never_sent() {
     let (b, got) = body_counter().await;
-    let p = Proxy::start(
-        &config(r#"{addr: "{b}"}"#, "limits: {max_request_body_bytes: 100}"),
-        &[("b", b.addr)],
-    )
-    .await;
+    let p = one_backend(&b, "limits: {max_request_body_bytes: 100}").await;
     let r = send(
         Request::post(p.url("/x"))
             .body(full(vec![b'x'; 101]))
@@ -173,14 +174,7 @@ async fn declared_body_over_the_limit_is_413_and_never_sent() {
 #[tokio::test]
 async fn streamed_body_over_the_limit_is_cut_at_the_limit() {
     let (b, got) = body_counter().await;
-    let p = Proxy::start(
-        &config(
-            r#"{addr: "{b}"}"#,
-            "limits: {max_request_body_bytes: 100000}",
-        ),
-        &[("b", b.addr)],
-    )
-    .await;
+    let p = one_backend(&b, "limits: {max_request_body_bytes: 100000}").await;
     let chunks = (0..20)
         .map(|_| Ok::<_, BoxError>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 10_000]))));
     let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
@@ -206,14 +200,7 @@ async fn streamed_body_over_the_limit_is_cut_at_the_limit() {
 #[tokio::test]
 async fn oversized_request_head_is_431() {
     let b = Backend::echo("b").await;
-    let p = Proxy::start(
-        &config(
-            r#"{addr: "{b}"}"#,
-            "limits: {max_request_header_bytes: 2048}",
-        ),
-        &[("b", b.addr)],
-    )
-    .await;
+    let p = one_backend(&b, "limits: {max_request_header_bytes: 2048}").await;
     let big = "v".repeat(3000);
     let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
     let resp = raw(p.addr, req.as_bytes(), Duration::from_secs(5)).await;
@@ -230,7 +217,7 @@ async fn oversized_request_head_is_431() {
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_400_and_closes() {
     let b = Backend::echo("b").await;
-    let p = Proxy::start(&config(r#"{addr: "{b}"}"#, ""), &[("b", b.addr)]).await;
+    let p = one_backend(&b, "").await;
     for head in [
         "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\ncontent-length: 5\r\n\r\n",
@@ -289,12 +276,9 @@ async fn time_to_close(mut s: TcpStream, limit: Duration) -> Duration {
 #[tokio::test]
 async fn slowloris_is_closed_at_the_header_deadline() {
     let b = Backend::echo("b").await;
-    let p = Proxy::start(
-        &config(
-            r#"{addr: "{b}"}"#,
-            "limits: {client_header_timeout: 300ms, client_idle_timeout: 5s}",
-        ),
-        &[("b", b.addr)],
+    let p = one_backend(
+        &b,
+        "limits: {client_header_timeout: 300ms, client_idle_timeout: 5s}",
     )
     .await;
     let start = Instant::now();
@@ -332,12 +316,9 @@ async fn slowloris_is_closed_at_the_header_deadline() {
 #[tokio::test]
 async fn idle_keep_alive_outlives_the_header_timeout_then_closes() {
     let b = Backend::echo("b").await;
-    let p = Proxy::start(
-        &config(
-            r#"{addr: "{b}"}"#,
-            "limits: {client_header_timeout: 200ms, client_idle_timeout: 800ms}",
-        ),
-        &[("b", b.addr)],
+    let p = one_backend(
+        &b,
+        "limits: {client_header_timeout: 200ms, client_idle_timeout: 800ms}",
     )
     .await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
@@ -358,11 +339,7 @@ async fn idle_keep_alive_outlives_the_header_timeout_then_closes() {
 #[tokio::test]
 async fn max_connections_holds_extra_connections_in_the_backlog() {
     let b = Backend::echo("b").await;
-    let p = Proxy::start(
-        &config(r#"{addr: "{b}"}"#, "limits: {max_connections: 1}"),
-        &[("b", b.addr)],
-    )
-    .await;
+    let p = one_backend(&b, "limits: {max_connections: 1}").await;
     let mut first = TcpStream::connect(p.addr).await.unwrap();
     first
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -389,7 +366,7 @@ async fn max_connections_holds_extra_connections_in_the_backlog() {
 #[tokio::test]
 async fn a_malformed_request_does_not_disturb_other_clients() {
     let b = Backend::echo("b").await;
-    let p = Proxy::start(&config(r#"{addr: "{b}"}"#, ""), &[("b", b.addr)]).await;
+    let p = one_backend(&b, "").await;
     let garbage = raw(
         p.addr,
         b"\x16\x03\x01 not http at all\r\n\r\n",

@@ -76,6 +76,17 @@ async fn get_over(s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>, hos
     collect(resp).await
 }
 
+/// A TLS listener `s` with `leaf` as its only certificate (and `tls_extra`, like
+/// `session_resumption: false, `, inside `tls:`) in front of backend `{b}`.
+fn one_cert(leaf: &support::tls::Leaf, tls_extra: &str) -> String {
+    format!(
+        "listeners: [{{name: s, bind: \"{{listen}}\", tls: {{{tls_extra}certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}]\n\
+         access_log: off\npools: {{p: {{backends: [{{addr: \"{{b}}\"}}]}}}}\nroutes: [{{name: all, pool: p}}]\n",
+        leaf.cert.display(),
+        leaf.key.display()
+    )
+}
+
 #[tokio::test]
 async fn sni_picks_the_certificate_and_no_sni_gets_the_default() {
     let s = setup().await;
@@ -159,12 +170,7 @@ async fn a_hundred_concurrent_streams_on_one_h2_connection() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new();
     let a = ca.leaf(dir.path(), "a", &["a.test"]);
-    let yaml = format!(
-        "listeners: [{{name: s, bind: \"{{listen}}\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}]\n\
-         access_log: off\npools: {{p: {{backends: [{{addr: \"{{b}}\"}}]}}}}\nroutes: [{{name: all, pool: p}}]\n",
-        a.cert.display(),
-        a.key.display()
-    );
+    let yaml = one_cert(&a, "");
     let proxy = Proxy::start(&yaml, &[("b", backend.addr)]).await;
     let h2 = h2_over(connect(proxy.addr, "a.test", ca.client(&[b"h2"])).await).await;
     let mut all = Vec::new();
@@ -461,13 +467,9 @@ async fn a_new_snapshot_brings_new_certificates_to_new_handshakes() {
     let new = ca.leaf(dir.path(), "new", &["a.test"]);
     let backend = Backend::echo("b").await;
     let yaml = |leaf: &support::tls::Leaf| {
-        format!(
-            "listeners: [{{name: s, bind: \"127.0.0.1:0\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}]\n\
-             access_log: off\npools: {{p: {{backends: [{{addr: \"{}\"}}]}}}}\nroutes: [{{name: all, pool: p}}]\n",
-            leaf.cert.display(),
-            leaf.key.display(),
-            backend.addr
-        )
+        one_cert(leaf, "")
+            .replace("{listen}", "127.0.0.1:0")
+            .replace("{b}", &backend.addr.to_string())
     };
     let proxy = Proxy::start(&yaml(&old), &[]).await;
     let before = connect(proxy.addr, "a.test", ca.client(&[b"http/1.1"])).await;
@@ -487,12 +489,7 @@ async fn session_resumption_can_be_turned_off() {
     let ca = Ca::new();
     let a = ca.leaf(dir.path(), "a", &["a.test"]);
     let backend = Backend::echo("b").await;
-    let yaml = format!(
-        "listeners: [{{name: s, bind: \"{{listen}}\", tls: {{session_resumption: false, certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}]\n\
-         access_log: off\npools: {{p: {{backends: [{{addr: \"{{b}}\"}}]}}}}\nroutes: [{{name: all, pool: p}}]\n",
-        a.cert.display(),
-        a.key.display()
-    );
+    let yaml = one_cert(&a, "session_resumption: false, ");
     let proxy = Proxy::start(&yaml, &[("b", backend.addr)]).await;
     let cfg = ca.client(&[b"http/1.1"]);
     let first = connect(proxy.addr, "a.test", cfg.clone()).await;
@@ -515,12 +512,7 @@ async fn the_whole_chain_is_served() {
     chain.push_str(&mid.pem);
     std::fs::write(&leaf.cert, chain).unwrap();
     let backend = Backend::echo("b").await;
-    let yaml = format!(
-        "listeners: [{{name: s, bind: \"{{listen}}\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}]\n\
-         access_log: off\npools: {{p: {{backends: [{{addr: \"{{b}}\"}}]}}}}\nroutes: [{{name: all, pool: p}}]\n",
-        leaf.cert.display(),
-        leaf.key.display()
-    );
+    let yaml = one_cert(&leaf, "");
     let proxy = Proxy::start(&yaml, &[("b", backend.addr)]).await;
     // The client trusts only the root: the handshake works only with the intermediate sent.
     let s = connect(proxy.addr, "chain.test", root.client(&[])).await;
