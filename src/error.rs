@@ -52,7 +52,7 @@ pub enum ProxyError {
     UpstreamProtocol {
         backend: Arc<str>,
         #[source]
-        source: hyper::Error,
+        source: UpstreamError,
     },
     /// The backend switched protocols on a request that did not ask to.
     #[error("{backend} switched protocols unasked")]
@@ -62,6 +62,26 @@ pub enum ProxyError {
     /// No backend of the pool is healthy and the pool rejects.
     #[error("no healthy backend in pool {pool}")]
     NoHealthyBackend { pool: Arc<str> },
+}
+
+/// How an exchange with a backend broke.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Reported by hyper's client.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// The connection failed under the inline client.
+    #[error(transparent)]
+    Io(std::io::Error),
+    /// The backend closed the connection before the response was complete.
+    #[error("connection closed before the response was complete")]
+    Closed,
+    /// The response head did not parse.
+    #[error("malformed response: {0}")]
+    Parse(httparse::Error),
+    /// The response broke a rule of HTTP/1.1 framing.
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
 }
 
 /// Why a connection to a backend could not be made.

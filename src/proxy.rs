@@ -12,14 +12,14 @@ pub mod upgrade;
 
 use crate::access_log::AccessLog;
 use crate::body::{Body, RequestBody, TooLarge};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamError};
 use crate::health;
 use crate::pool::{InFlight, Pick, Pool, Tried};
 use crate::router::path::{self, PathError};
 use crate::server::stream::Clock;
 use crate::snapshot::{Shared, Snapshot};
 use crate::tls::Certs;
-use crate::upstream::{self, Sender};
+use crate::upstream::{self, Recv, Sender};
 use http::header::{CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -77,7 +77,7 @@ struct Ctx {
 
 /// A response received from a backend, and what must go back with its body.
 struct Forwarded {
-    resp: Response<Incoming>,
+    resp: Response<Recv>,
     sender: Sender,
     in_flight: InFlight,
 }
@@ -171,7 +171,9 @@ impl Proxy {
         let mut req = Request::from_parts(parts, RequestBody::limited(body, limit));
         let client_upgrade = hop.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
-        let fwd = self.forward(pool, req, ctx).await?;
+        let fwd = self
+            .forward(pool, req, client_upgrade.is_some(), ctx)
+            .await?;
         finish(fwd, client_upgrade, ctx)
     }
 
@@ -181,15 +183,17 @@ impl Proxy {
         &self,
         pool: &Pool,
         mut req: Request<RequestBody>,
+        upgrade: bool,
         ctx: &mut Ctx,
     ) -> Result<Forwarded, ProxyError> {
+        let bodiless = req.body().is_end_stream();
+        let inline = bodiless && !upgrade && pool.connector.takes_inline();
         // A bodiless GET/HEAD/OPTIONS can be rebuilt if it dies on the wire; anything else
-        // is only retried while hyper hands it back unsent.
-        let replay = (pool.retries > 0
-            && pool.backends.len() > 1
-            && is_idempotent(req.method())
-            && req.body().is_end_stream())
-        .then(|| Replay::of(&req));
+        // is only retried while it comes back unsent. The inline client always hands a
+        // request back, so only hyper's needs a copy kept aside.
+        let resendable =
+            pool.retries > 0 && pool.backends.len() > 1 && is_idempotent(req.method()) && bodiless;
+        let replay = (resendable && !inline).then(|| Replay::of(&req));
         let mut tried = Tried::default();
         let mut failures = 0;
         let mut last = None;
@@ -215,7 +219,7 @@ impl Proxy {
             let state = &backend.state;
             let mut conn = match state
                 .endpoint
-                .checkout(backend.addr, &backend.server_name, &pool.connector)
+                .checkout(backend.addr, &backend.server_name, &pool.connector, inline)
                 .await
             {
                 Ok(c) => c,
@@ -244,7 +248,7 @@ impl Proxy {
                 h2_target(&mut req, pool.connector.tls.is_some(), &backend.label);
             }
             let sent = tokio::time::timeout(pool.timeouts.response, conn.sender.send(req)).await;
-            let mut err = match sent {
+            let failed = match sent {
                 Ok(Ok(resp)) => {
                     return Ok(Forwarded {
                         resp,
@@ -258,33 +262,41 @@ impl Proxy {
                         timeout: pool.timeouts.response,
                     });
                 }
-                Ok(Err(e)) => e,
+                Ok(Err(f)) => f,
             };
-            if let Some(limit) = too_large(err.error()) {
+            if let UpstreamError::Hyper(e) = &failed.error
+                && let Some(limit) = too_large(e)
+            {
                 return Err(TooLarge { limit }.into());
             }
-            let unsent = err.take_message();
-            let stale = unsent.is_some() && conn.reused;
-            req = match (unsent, &replay) {
-                (Some(r), _) => r,
+            // A kept-alive connection the backend had closed: not the backend's fault. Like
+            // nginx, an idempotent request that found only the close goes again, even to the
+            // same backend.
+            let stale = conn.reused
+                && failed.request.as_ref().is_some_and(|r| {
+                    !failed.sent
+                        || (is_idempotent(r.method())
+                            && matches!(failed.error, UpstreamError::Closed))
+                });
+            req = match (failed.request, &replay) {
+                (Some(r), _) if !failed.sent || resendable || stale => r,
                 (None, Some(replay)) => replay.request(),
-                (None, None) => {
+                _ => {
                     return Err(ProxyError::UpstreamProtocol {
                         backend: backend.label.clone(),
-                        source: err.into_error(),
+                        source: failed.error,
                     });
                 }
             };
             if stale {
-                // A kept-alive connection the backend had closed: not the backend's fault.
                 continue;
             }
-            tracing::debug!(backend = %backend.label, error = %err.error(), "exchange failed before a response");
+            tracing::debug!(backend = %backend.label, error = %failed.error, "exchange failed before a response");
             tried.add(i);
             failures += 1;
             last = Some(ProxyError::UpstreamProtocol {
                 backend: backend.label.clone(),
-                source: err.into_error(),
+                source: failed.error,
             });
             if failures > pool.retries {
                 return Err(last.expect("just set"));
@@ -299,7 +311,7 @@ fn finish(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ctx: &Ctx,
 ) -> Result<Response<Body>, ProxyError> {
-    let (mut parts, incoming) = fwd.resp.into_parts();
+    let (mut parts, recv) = fwd.resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::to_client(&mut parts.headers, switching);
     if switching {
@@ -313,7 +325,7 @@ fn finish(
         tokio::spawn(upgrade::tunnel(client, upstream, backend));
         return Ok(Response::from_parts(parts, Body::empty()));
     }
-    let body = upstream::Body::new(incoming, fwd.sender, fwd.in_flight);
+    let body = upstream::Body::new(recv, fwd.sender, fwd.in_flight);
     Ok(Response::from_parts(parts, Body::upstream(body)))
 }
 

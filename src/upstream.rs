@@ -5,17 +5,20 @@
 //! and checked back in by [`Body`] only after the response body ended cleanly; a body
 //! dropped half-read takes its connection down with it (the rest of that response is still
 //! on the wire). HTTP/2 multiplexes: a backend has one shared connection, replaced when it
-//! closes.
+//! closes. Bodiless requests to plain HTTP/1.1 backends take the cheaper [`h1`] client
+//! instead of hyper's; its connections are pooled apart from hyper's.
+
+pub mod h1;
 
 use crate::body::RequestBody;
-use crate::error::ConnectError;
+use crate::error::{ConnectError, UpstreamError};
 use crate::health;
 use crate::pool::InFlight;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -46,17 +49,49 @@ pub struct Connector {
 pub enum Sender {
     H1(http1::SendRequest<RequestBody>),
     H2(http2::SendRequest<RequestBody>),
+    /// An [`h1`] connection, driven by the request's task.
+    Inline(h1::Conn),
+}
+
+/// A response body as it arrives: from hyper, or framed by the inline client.
+pub enum Recv {
+    Hyper(Incoming),
+    Inline(h1::Framing),
+}
+
+/// A failed exchange, with the request back when it can be sent again.
+pub struct Failed {
+    pub error: UpstreamError,
+    pub request: Option<Request<RequestBody>>,
+    /// Some of the request may have reached the backend: only a request that can be
+    /// rebuilt (bodiless and idempotent) may go again.
+    pub sent: bool,
 }
 
 impl Sender {
-    /// Send `req`; on failure, hyper hands the request back if none of it was sent.
-    pub async fn send(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+    /// Send `req`. On failure hyper hands the request back if none of it was sent; the
+    /// inline client always does, since the request has no body.
+    pub async fn send(&mut self, req: Request<RequestBody>) -> Result<Response<Recv>, Box<Failed>> {
+        let hyper = |r: Result<Response<Incoming>, hyper::client::conn::TrySendError<_>>| {
+            r.map(|resp| resp.map(Recv::Hyper)).map_err(|mut e| {
+                Box::new(Failed {
+                    request: e.take_message(),
+                    error: UpstreamError::Hyper(e.into_error()),
+                    sent: false,
+                })
+            })
+        };
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
+            Sender::H1(s) => hyper(s.try_send_request(req).await),
+            Sender::H2(s) => hyper(s.try_send_request(req).await),
+            Sender::Inline(c) => match c.send(&req).await {
+                Ok(resp) => Ok(resp.map(Recv::Inline)),
+                Err(f) => Err(Box::new(Failed {
+                    error: f.error,
+                    request: Some(req),
+                    sent: f.sent,
+                })),
+            },
         }
     }
 
@@ -79,14 +114,50 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index % SHARDS));
 }
 
-/// Idle connections with when they went idle ([`health::now_ms`]), newest last.
-type IdlePool = Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>;
+/// Idle connections of one kind, one pool per worker, each with when they went idle
+/// ([`health::now_ms`]), newest last.
+struct Idle<T>([Mutex<Vec<(T, u64)>>; SHARDS]);
+
+impl<T> Default for Idle<T> {
+    fn default() -> Self {
+        Idle(std::array::from_fn(|_| Mutex::new(Vec::new())))
+    }
+}
+
+impl<T> Idle<T> {
+    /// The newest connection of this worker's pool that is young enough and `usable`.
+    fn take(&self, usable: impl Fn(&T) -> bool) -> Option<T> {
+        let mut idle = self.shard().lock().expect("idle pool lock poisoned");
+        if idle.is_empty() {
+            return None;
+        }
+        let now = health::now_ms();
+        while let Some((c, since)) = idle.pop() {
+            if now.saturating_sub(since) < MAX_IDLE_MS && usable(&c) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, c: T) {
+        let now = health::now_ms();
+        let mut idle = self.shard().lock().expect("idle pool lock poisoned");
+        if idle.len() < MAX_IDLE {
+            idle.push((c, now));
+        }
+    }
+
+    fn shard(&self) -> &Mutex<Vec<(T, u64)>> {
+        &self.0[WORKER.with(|w| w.get())]
+    }
+}
 
 /// The connections of one backend.
 #[derive(Default)]
 pub struct Endpoint {
-    /// One pool per worker.
-    idle: [IdlePool; SHARDS],
+    idle: Idle<http1::SendRequest<RequestBody>>,
+    inline: Idle<h1::Conn>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -100,18 +171,39 @@ pub struct Conn {
 /// Idle connections older than this many milliseconds are not reused.
 const MAX_IDLE_MS: u64 = MAX_IDLE_AGE.as_millis() as u64;
 
+impl Connector {
+    /// Whether a request without body or upgrade may take the [`h1`] client.
+    pub fn takes_inline(&self) -> bool {
+        !self.h2 && self.tls.is_none()
+    }
+}
+
 impl Endpoint {
-    /// A connection ready for a request: pooled, or new.
+    /// A connection ready for a request: pooled, or new. `inline` asks for an [`h1`]
+    /// connection (see [`Connector::takes_inline`]).
     pub async fn checkout(
         &self,
         addr: SocketAddr,
         name: &ServerName<'static>,
         how: &Connector,
+        inline: bool,
     ) -> Result<Conn, ConnectError> {
+        if inline {
+            if let Some(c) = self.inline.take(h1::Conn::is_open) {
+                return Ok(Conn {
+                    sender: Sender::Inline(c),
+                    reused: true,
+                });
+            }
+            return Ok(Conn {
+                sender: Sender::Inline(h1::Conn::new(connect_tcp(addr, how.timeout).await?)),
+                reused: false,
+            });
+        }
         let pooled = if how.h2 {
             self.shared_h2().map(Sender::H2)
         } else {
-            self.take_idle().map(Sender::H1)
+            self.idle.take(|s| s.is_ready()).map(Sender::H1)
         };
         if let Some(sender) = pooled {
             return Ok(Conn {
@@ -141,36 +233,24 @@ impl Endpoint {
         }
     }
 
-    fn idle(&self) -> &IdlePool {
-        &self.idle[WORKER.with(|w| w.get())]
-    }
-
-    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = self.idle().lock().expect("idle pool lock poisoned");
-        if idle.is_empty() {
-            return None;
-        }
-        let now = health::now_ms();
-        while let Some((s, since)) = idle.pop() {
-            if s.is_ready() && now.saturating_sub(since) < MAX_IDLE_MS {
-                return Some(s);
-            }
-        }
-        None
-    }
-
     /// Return a connection after a complete exchange.
     fn checkin(&self, sender: Sender) {
-        let Sender::H1(s) = sender else { return };
-        if s.is_closed() {
-            return;
-        }
-        let now = health::now_ms();
-        let mut idle = self.idle().lock().expect("idle pool lock poisoned");
-        if idle.len() < MAX_IDLE {
-            idle.push((s, now));
+        match sender {
+            Sender::H1(s) if !s.is_closed() => self.idle.put(s),
+            Sender::Inline(c) => self.inline.put(c),
+            _ => {}
         }
     }
+}
+
+async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))?
+        .map_err(ConnectError::Io)?;
+    // Requests and responses are written whole; Nagle would only add latency.
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 async fn connect(
@@ -178,12 +258,7 @@ async fn connect(
     name: &ServerName<'static>,
     how: &Connector,
 ) -> Result<Sender, ConnectError> {
-    let tcp = tokio::time::timeout(how.timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ConnectError::Timeout(how.timeout))?
-        .map_err(ConnectError::Io)?;
-    // Requests and responses are written whole; Nagle would only add latency.
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(addr, how.timeout).await?;
     match &how.tls {
         None => handshake(tcp, how.h2, addr).await,
         Some(cfg) => {
@@ -232,25 +307,32 @@ where
 
 /// A backend's response body; returns the connection to its pool once read to the end.
 pub struct Body {
-    inner: Incoming,
+    inner: Recv,
     keep: Option<(Sender, InFlight)>,
 }
 
 impl Body {
     /// Wrap `inner`, received on `sender` for the request counted by `in_flight`.
-    pub fn new(inner: Incoming, sender: Sender, in_flight: InFlight) -> Body {
+    pub fn new(inner: Recv, sender: Sender, in_flight: InFlight) -> Body {
         let mut b = Body {
             inner,
             keep: Some((sender, in_flight)),
         };
-        if b.inner.is_end_stream() {
+        if b.is_end_stream() {
             b.release();
         }
         b
     }
 
     fn release(&mut self) {
-        if let Some((sender, in_flight)) = self.keep.take() {
+        let Some((sender, in_flight)) = self.keep.take() else {
+            return;
+        };
+        let reusable = match (&self.inner, &sender) {
+            (Recv::Inline(f), Sender::Inline(c)) => f.reusable(c),
+            _ => true,
+        };
+        if reusable {
             in_flight.state().endpoint.checkin(sender);
         }
     }
@@ -264,22 +346,38 @@ impl HttpBody for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let this = &mut *self;
+        let frame = match (&mut this.inner, &mut this.keep) {
+            (Recv::Hyper(inner), _) => {
+                ready!(Pin::new(inner).poll_frame(cx)).map(|r| r.map_err(Into::into))
+            }
+            (Recv::Inline(framing), Some((Sender::Inline(conn), _))) => {
+                ready!(framing.poll_frame(conn, cx)).map(|r| r.map_err(Into::into))
+            }
+            // Released: the inline body ended with its connection.
+            (Recv::Inline(_), _) => None,
+        };
         match &frame {
-            None => self.release(),
-            Some(Ok(_)) if self.inner.is_end_stream() => self.release(),
+            None => this.release(),
+            Some(Ok(_)) if this.is_end_stream() => this.release(),
             Some(Ok(_)) => {}
             // A broken body leaves the connection unusable: drop it.
-            Some(Err(_)) => self.keep = None,
+            Some(Err(_)) => this.keep = None,
         }
-        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Recv::Hyper(b) => b.is_end_stream(),
+            Recv::Inline(f) => f.is_end(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Recv::Hyper(b) => b.size_hint(),
+            Recv::Inline(f) => f.size_hint(),
+        }
     }
 }

@@ -206,6 +206,123 @@ impl Backend {
     }
 }
 
+/// A backend speaking raw bytes: for each request head it reads, it writes what `script`
+/// returns for (request number on this connection, from 0; the head), then closes the
+/// connection if asked. Each write is flushed on its own, so a script can split a response.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub conns: Arc<AtomicUsize>,
+    /// Every request head received, in order.
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`RawBackend`] answers to one request.
+pub struct Reply {
+    pub writes: Vec<Vec<u8>>,
+    pub close: bool,
+}
+
+impl Reply {
+    /// `bytes` in one write, connection kept open.
+    pub fn bytes(bytes: impl AsRef<[u8]>) -> Reply {
+        Reply {
+            writes: vec![bytes.as_ref().to_vec()],
+            close: false,
+        }
+    }
+
+    /// Each piece in a write of its own, a moment apart.
+    pub fn pieces(pieces: &[&[u8]]) -> Reply {
+        Reply {
+            writes: pieces.iter().map(|p| p.to_vec()).collect(),
+            close: false,
+        }
+    }
+
+    /// Close the connection after writing.
+    pub fn then_close(mut self) -> Reply {
+        self.close = true;
+        self
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawBackend {
+    pub async fn start<F>(script: F) -> RawBackend
+    where
+        F: Fn(usize, &str) -> Reply + Send + Sync + 'static,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script = Arc::new(script);
+        let (c, h) = (conns.clone(), heads.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp.set_nodelay(true);
+                let (script, h) = (script.clone(), h.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut n = 0;
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        h.lock().unwrap().push(head.clone());
+                        let reply = script(n, &head);
+                        n += 1;
+                        for w in &reply.writes {
+                            if tcp.write_all(w).await.is_err() {
+                                return;
+                            }
+                            let _ = tcp.flush().await;
+                            if reply.writes.len() > 1 {
+                                // Not a wait for anything: a gap so each piece arrives alone.
+                                tokio::time::sleep(Duration::from_millis(15)).await;
+                            }
+                        }
+                        if reply.close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            conns,
+            heads,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
+
 /// The shipped echo handler, with its body boxed for the test server.
 async fn echo_response(req: Request<Incoming>, name: &Arc<str>) -> Response<TestBody> {
     let resp = switchyard::echo::answer(req, name.clone())

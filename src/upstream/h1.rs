@@ -1,0 +1,452 @@
+//! The inline HTTP/1.1 client: bodiless requests to plain-TCP HTTP/1.1 backends, driven
+//! inside the request's own task.
+//!
+//! Why it exists: hyper's client runs every connection in a task of its own and passes each
+//! request and response across channels. For the small bodiless requests that make up most
+//! of a proxy's traffic, that hand-off and hyper's general machinery cost about a third of
+//! Switchyard's instructions per request (bench/README.md). This client writes the request
+//! head in one write, parses the response with `httparse` (the parser hyper itself uses) and
+//! reads the body straight off the socket as the client's connection asks for it.
+//!
+//! It stays small by taking only what is simple: no request body, no upgrade, no TLS, no
+//! HTTP/2. Everything else goes through hyper. Response framing follows RFC 9112 §6.3; a
+//! connection is reused only after a response ended exactly where its framing said and the
+//! backend did not ask to close.
+
+use crate::body::RequestBody;
+use crate::error::UpstreamError;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Most header fields accepted in a response head or trailer section (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Longest response head (or trailer section) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Free space made in the read buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// A connection to a backend, between or during exchanges.
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The request head being written; kept for its capacity.
+    out: Vec<u8>,
+    /// Response header names and value ranges, collected while the head is borrowed.
+    spans: Vec<(HeaderName, usize, usize)>,
+}
+
+/// A failed exchange, and whether the backend may have seen the request.
+pub struct Failure {
+    pub error: UpstreamError,
+    /// Some of the request was written.
+    pub sent: bool,
+}
+
+impl Conn {
+    /// Wrap a freshly connected socket.
+    pub fn new(io: TcpStream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection still looks open. Costs no system call unless the
+    /// backend sent something (its close, or stray bytes) while the connection was idle.
+    pub fn is_open(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Send `req` (which has no body) and read the response head.
+    pub async fn send(&mut self, req: &Request<RequestBody>) -> Result<Response<Framing>, Failure> {
+        encode(req, &mut self.out);
+        let written = self.io.write(&self.out).await.map_err(|e| Failure {
+            error: UpstreamError::Io(e),
+            sent: false,
+        })?;
+        let sent = |error| Failure { error, sent: true };
+        if written < self.out.len() {
+            let rest = &self.out[written..];
+            self.io
+                .write_all(rest)
+                .await
+                .map_err(|e| sent(UpstreamError::Io(e)))?;
+        }
+        loop {
+            if let Some(resp) = self.parse_head(req.method()).map_err(sent)? {
+                return Ok(resp);
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(sent(UpstreamError::Malformed("response head too large")));
+            }
+            let n = match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(n) => n,
+                // A reset before any of the response: the backend closed, as with EOF.
+                Err(e) if self.buf.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => 0,
+                Err(e) => return Err(sent(UpstreamError::Io(e))),
+            };
+            if n == 0 {
+                return Err(sent(if self.buf.is_empty() {
+                    UpstreamError::Closed
+                } else {
+                    UpstreamError::Malformed("connection closed inside the response head")
+                }));
+            }
+        }
+    }
+
+    /// Read more into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// The response head at the front of the buffer, if it is all there; informational
+    /// (1xx) responses before it are skipped.
+    fn parse_head(&mut self, method: &Method) -> Result<Option<Response<Framing>>, UpstreamError> {
+        loop {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut r = httparse::Response::new(&mut slots);
+            let len = match r.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(UpstreamError::Parse(e)),
+            };
+            let code = r.code.unwrap_or_default();
+            if (100..200).contains(&code) {
+                if code == 101 {
+                    return Err(UpstreamError::Malformed("switched protocols unasked"));
+                }
+                self.buf.advance(len);
+                continue;
+            }
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| UpstreamError::Malformed("invalid status code"))?;
+            let version = if r.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            // HTTP/1.0 closes after each response unless it says otherwise.
+            let mut close = version == Version::HTTP_10;
+            let mut length: Option<u64> = None;
+            let mut chunked: Option<bool> = None;
+            let base = self.buf.as_ptr() as usize;
+            self.spans.clear();
+            for h in r.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
+                if name == CONTENT_LENGTH {
+                    let n = content_length(h.value)
+                        .ok_or(UpstreamError::Malformed("invalid Content-Length"))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(UpstreamError::Malformed("conflicting Content-Length"));
+                    }
+                    length = Some(n);
+                } else if name == TRANSFER_ENCODING {
+                    // The last field's last coding decides (RFC 9112 §6.3).
+                    chunked = Some(last_token_is(h.value, b"chunked"));
+                } else if name == CONNECTION {
+                    for token in tokens(h.value) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            close = false;
+                        }
+                    }
+                }
+                let start = h.value.as_ptr() as usize - base;
+                self.spans.push((name, start, start + h.value.len()));
+            }
+            let head = self.buf.split_to(len).freeze();
+            let mut headers = HeaderMap::with_capacity(self.spans.len());
+            for (name, start, end) in self.spans.drain(..) {
+                let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                    .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
+                headers.append(name, value);
+            }
+            let kind = if *method == Method::HEAD
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED
+            {
+                Kind::Done
+            } else if let Some(chunked) = chunked {
+                // Transfer-Encoding overrides Content-Length, and a message with both is
+                // suspect: drop the length and do not reuse the connection (RFC 9112 §6.3).
+                if headers.remove(CONTENT_LENGTH).is_some() {
+                    close = true;
+                }
+                if chunked {
+                    Kind::Chunked(Chunk::Size)
+                } else {
+                    close = true;
+                    Kind::UntilClose
+                }
+            } else if let Some(n) = length {
+                if n == 0 { Kind::Done } else { Kind::Length(n) }
+            } else {
+                close = true;
+                Kind::UntilClose
+            };
+            let mut resp = Response::new(Framing { kind, close });
+            *resp.status_mut() = status;
+            *resp.version_mut() = version;
+            *resp.headers_mut() = headers;
+            return Ok(Some(resp));
+        }
+    }
+}
+
+/// Write `req`'s head in HTTP/1.1 form.
+fn encode(req: &Request<RequestBody>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The comma-separated tokens of a field value, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+fn last_token_is(value: &[u8], token: &[u8]) -> bool {
+    tokens(value)
+        .last()
+        .is_some_and(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// A Content-Length value: digits, or a list of identical digit strings (RFC 9110 §8.6).
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut n = None;
+    for t in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
+        if t.is_empty() || !t.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let v: u64 = std::str::from_utf8(t).ok()?.parse().ok()?;
+        if n.is_some_and(|n| n != v) {
+            return None;
+        }
+        n = Some(v);
+    }
+    n
+}
+
+/// How the rest of a response is delimited, and how much of it is left.
+pub struct Framing {
+    kind: Kind,
+    /// The connection cannot carry another exchange after this one.
+    close: bool,
+}
+
+enum Kind {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+impl Framing {
+    /// The body has been read to its end.
+    pub fn is_end(&self) -> bool {
+        matches!(self.kind, Kind::Done)
+    }
+
+    /// After the end: whether `conn` may carry the next exchange.
+    pub fn reusable(&self, conn: &Conn) -> bool {
+        self.is_end() && !self.close && conn.buf.is_empty()
+    }
+
+    /// What is known of the body's remaining size.
+    pub fn size_hint(&self) -> SizeHint {
+        match self.kind {
+            Kind::Length(n) => SizeHint::with_exact(n),
+            Kind::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The next piece of the body, read from `conn` as needed.
+    pub fn poll_frame(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        loop {
+            let need_more = match &mut self.kind {
+                Kind::Done => return Poll::Ready(None),
+                Kind::Length(left) | Kind::Chunked(Chunk::Data(left)) => {
+                    if conn.buf.is_empty() {
+                        true
+                    } else {
+                        let n = (*left).min(conn.buf.len() as u64);
+                        *left -= n;
+                        let data = conn.buf.split_to(n as usize).freeze();
+                        if *left == 0 {
+                            self.kind = match self.kind {
+                                Kind::Length(_) => Kind::Done,
+                                _ => Kind::Chunked(Chunk::DataEnd),
+                            };
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Kind::UntilClose => {
+                    if conn.buf.is_empty() {
+                        true
+                    } else {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Kind::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        conn.buf.advance(used);
+                        self.kind = Kind::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                        false
+                    }
+                    Ok(httparse::Status::Partial) => true,
+                    Err(_) => return self.fail(UpstreamError::Malformed("invalid chunk size")),
+                },
+                Kind::Chunked(Chunk::DataEnd) => {
+                    if conn.buf.len() < 2 {
+                        true
+                    } else if conn.buf.starts_with(b"\r\n") {
+                        conn.buf.advance(2);
+                        self.kind = Kind::Chunked(Chunk::Size);
+                        false
+                    } else {
+                        return self.fail(UpstreamError::Malformed("chunk not followed by CRLF"));
+                    }
+                }
+                Kind::Chunked(Chunk::Trailers) => match trailers(&conn.buf) {
+                    Ok(Some((used, fields))) => {
+                        conn.buf.advance(used);
+                        self.kind = Kind::Done;
+                        return Poll::Ready(fields.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(None) if conn.buf.len() < MAX_HEAD => true,
+                    Ok(None) => return self.fail(UpstreamError::Malformed("trailers too large")),
+                    Err(e) => return self.fail(e),
+                },
+            };
+            if need_more {
+                match ready!(conn.poll_fill(cx)) {
+                    Ok(0) if matches!(self.kind, Kind::UntilClose) => {
+                        self.kind = Kind::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(0) => return self.fail(UpstreamError::Closed),
+                    Ok(_) => {}
+                    Err(e) => return self.fail(UpstreamError::Io(e)),
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: UpstreamError) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        self.kind = Kind::Done;
+        self.close = true;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+/// The trailer section at the front of `buf`: bytes used and the fields (`None` when
+/// there are none), or `Ok(None)` while incomplete.
+#[allow(clippy::type_complexity)]
+fn trailers(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, UpstreamError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (used, fields) = match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(c)) => c,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(UpstreamError::Parse(e)),
+    };
+    if fields.is_empty() {
+        return Ok(Some((used, None)));
+    }
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| UpstreamError::Malformed("invalid trailer name"))?;
+        let value = HeaderValue::from_bytes(f.value)
+            .map_err(|_| UpstreamError::Malformed("invalid trailer value"))?;
+        map.append(name, value);
+    }
+    Ok(Some((used, Some(map))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_values() {
+        assert_eq!(content_length(b"42"), Some(42));
+        assert_eq!(content_length(b"42, 42"), Some(42));
+        assert_eq!(content_length(b"42, 43"), None);
+        assert_eq!(content_length(b"+42"), None);
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn transfer_coding_is_decided_by_the_last_token() {
+        assert!(last_token_is(b"gzip, chunked", b"chunked"));
+        assert!(last_token_is(b"Chunked", b"chunked"));
+        assert!(!last_token_is(b"chunked, gzip", b"chunked"));
+    }
+
+    #[test]
+    fn trailer_sections() {
+        assert!(matches!(trailers(b"\r\n"), Ok(Some((2, None)))));
+        assert!(matches!(trailers(b"a: 1\r\n"), Ok(None)));
+        let Ok(Some((n, Some(map)))) = trailers(b"grpc-status: 0\r\n\r\nrest") else {
+            panic!("a complete trailer section");
+        };
+        assert_eq!(n, 18);
+        assert_eq!(map["grpc-status"], "0");
+    }
+}
