@@ -6,6 +6,8 @@
 //! - [`proxy`]: the hot path. Reads the target, asks the [`router`], picks a backend from
 //!   the [`pool`] (with [`balance`]), forwards through [`upstream`] with retries, and turns
 //!   failures into responses ([`error`]) in one place.
+//! - [`upstream`]: backend connections and their pools: hyper's client, and for bodiless
+//!   requests to plain HTTP/1.1 backends the cheaper inline client ([`upstream::h1`]).
 //! - [`snapshot`]: the compiled, immutable config every request reads (one `ArcSwap`).
 //! - [`config`]: `routes.yaml` -> raw serde structs -> validated [`config::Config`].
 //! - [`health`]: passive ejection of failing backends.

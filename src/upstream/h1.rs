@@ -20,6 +20,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 use tokio::io::AsyncWriteExt;
@@ -125,9 +126,13 @@ impl Conn {
     /// (1xx) responses before it are skipped.
     fn parse_head(&mut self, method: &Method) -> Result<Option<Response<Framing>>, UpstreamError> {
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut r = httparse::Response::new(&mut slots);
-            let len = match r.parse(&self.buf) {
+            // Uninitialized slots: filling 100 empty headers per response costs more than
+            // parsing the handful a backend sends.
+            let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut r = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut r, &self.buf, &mut slots);
+            let len = match parsed {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(UpstreamError::Parse(e)),
@@ -167,12 +172,20 @@ impl Conn {
                     // The last field's last coding decides (RFC 9112 §6.3).
                     chunked = Some(last_token_is(h.value, b"chunked"));
                 } else if name == CONNECTION {
+                    let mut names_fields = false;
                     for token in tokens(h.value) {
                         if token.eq_ignore_ascii_case(b"close") {
                             close = true;
                         } else if token.eq_ignore_ascii_case(b"keep-alive") {
                             close = false;
+                        } else {
+                            names_fields = true;
                         }
+                    }
+                    // Hop-by-hop, so the client never sees it: only a `Connection` that
+                    // names other fields is kept, for `headers::to_client` to act on.
+                    if !names_fields {
+                        continue;
                     }
                 }
                 let start = h.value.as_ptr() as usize - base;
