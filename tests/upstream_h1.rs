@@ -268,3 +268,35 @@ async fn a_large_body_streams_through_in_order() {
     assert_eq!(got.body.len(), expected.len());
     assert!(got.body == expected[..]);
 }
+
+#[tokio::test]
+async fn a_close_met_on_the_wire_resends_idempotent_requests_only() {
+    // Every connection answers its first request and silently drops the second: a pooled
+    // connection that looks open when taken and closes once the request is on it.
+    let b = RawBackend::start(|n, _| {
+        if n == 0 {
+            Reply::bytes(OK_HELLO)
+        } else {
+            Reply {
+                writes: Vec::new(),
+                close: true,
+            }
+        }
+    })
+    .await;
+    let p = proxy_to(&b).await;
+    for i in 0..5 {
+        let got = get(&p.url("/")).await;
+        assert_eq!((got.status, got.text().as_str()), (200, "hello"), "GET {i}");
+    }
+    // A POST may have been acted on before the close: it is not sent again.
+    assert_eq!(send(req(Method::POST, &p.url("/"))).await.status, 502);
+    let posts = b
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1);
+}
