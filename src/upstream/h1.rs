@@ -265,10 +265,16 @@ fn last_token_is(value: &[u8], token: &[u8]) -> bool {
 fn content_length(value: &[u8]) -> Option<u64> {
     let mut n = None;
     for t in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
-        if t.is_empty() || !t.iter().all(u8::is_ascii_digit) {
+        if t.is_empty() {
             return None;
         }
-        let v: u64 = std::str::from_utf8(t).ok()?.parse().ok()?;
+        let mut v: u64 = 0;
+        for &b in t {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        }
         if n.is_some_and(|n| n != v) {
             return None;
         }
