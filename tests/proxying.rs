@@ -11,13 +11,6 @@ use std::time::Duration;
 use support::*;
 use tokio::sync::{Notify, mpsc};
 
-const ONE_POOL: &str = r#"
-listeners: [{name: web, bind: "{listen}"}]
-access_log: off
-pools: {p: {backends: [{addr: "{b}"}]}}
-routes: [{name: all, pool: p}]
-"#;
-
 /// A body fed from a channel, so a test decides when each frame goes out.
 fn channel_body() -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, TestBody) {
     let (tx, rx) = mpsc::channel(4);

@@ -8,13 +8,6 @@ use http_body_util::BodyExt;
 use std::time::Duration;
 use support::*;
 
-const ONE_POOL: &str = r#"
-listeners: [{name: web, bind: "{listen}"}]
-access_log: off
-pools: {p: {backends: [{addr: "{b}"}]}}
-routes: [{name: all, pool: p}]
-"#;
-
 async fn proxy_to(b: &RawBackend) -> Proxy {
     Proxy::start(ONE_POOL, &[("b", b.addr)]).await
 }

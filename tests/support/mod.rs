@@ -26,6 +26,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of test backends and clients.
 pub type TestBody = BoxBody<Bytes, BoxError>;
 
+/// One listener, no access log, and every request to the one backend `{b}`.
+pub const ONE_POOL: &str = r#"
+listeners: [{name: web, bind: "{listen}"}]
+access_log: off
+pools: {p: {backends: [{addr: "{b}"}]}}
+routes: [{name: all, pool: p}]
+"#;
+
 /// A fixed body.
 pub fn full(data: impl Into<Bytes>) -> TestBody {
     Full::new(data.into()).map_err(|e| match e {}).boxed()
