@@ -293,3 +293,18 @@ async fn a_close_met_on_the_wire_resends_idempotent_requests_only() {
         .count();
     assert_eq!(posts, 1);
 }
+
+#[tokio::test]
+async fn a_response_saying_connection_close_retires_its_connection() {
+    let b = RawBackend::start(|_, _| {
+        Reply::bytes("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
+    })
+    .await;
+    let p = proxy_to(&b).await;
+    for _ in 0..2 {
+        let got = get(&p.url("/")).await;
+        assert_eq!(got.text(), "hello");
+        assert_eq!(got.header("connection"), "", "hop-by-hop: not passed on");
+    }
+    assert_eq!(b.conns(), 2);
+}

@@ -198,34 +198,52 @@ impl Conn {
                     .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
                 headers.append(name, value);
             }
-            let kind = if *method == Method::HEAD
-                || status == StatusCode::NO_CONTENT
-                || status == StatusCode::NOT_MODIFIED
-            {
-                Kind::Done
-            } else if let Some(chunked) = chunked {
-                // Transfer-Encoding overrides Content-Length, and a message with both is
-                // suspect: drop the length and do not reuse the connection (RFC 9112 §6.3).
-                if headers.remove(CONTENT_LENGTH).is_some() {
-                    close = true;
-                }
-                if chunked {
-                    Kind::Chunked(Chunk::Size)
-                } else {
-                    close = true;
-                    Kind::UntilClose
-                }
-            } else if let Some(n) = length {
-                if n == 0 { Kind::Done } else { Kind::Length(n) }
-            } else {
-                close = true;
-                Kind::UntilClose
-            };
+            let kind = framing(method, status, length, chunked, &mut headers, &mut close);
             let mut resp = Response::new(Framing { kind, close });
             *resp.status_mut() = status;
             *resp.version_mut() = version;
             *resp.headers_mut() = headers;
             return Ok(Some(resp));
+        }
+    }
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3), given what its head said: its
+/// `Content-Length`, and whether its last transfer coding is chunked, if it had any.
+/// Sets `close` when the connection cannot carry another exchange after this one.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    length: Option<u64>,
+    chunked: Option<bool>,
+    headers: &mut HeaderMap,
+    close: &mut bool,
+) -> Kind {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Kind::Done;
+    }
+    match (chunked, length) {
+        (Some(chunked), _) => {
+            // Transfer-Encoding overrides Content-Length, and a message with both is
+            // suspect: drop the length and do not reuse the connection.
+            if headers.remove(CONTENT_LENGTH).is_some() {
+                *close = true;
+            }
+            if chunked {
+                Kind::Chunked(Chunk::Size)
+            } else {
+                *close = true;
+                Kind::UntilClose
+            }
+        }
+        (None, Some(0)) => Kind::Done,
+        (None, Some(n)) => Kind::Length(n),
+        (None, None) => {
+            *close = true;
+            Kind::UntilClose
         }
     }
 }
