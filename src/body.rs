@@ -130,10 +130,10 @@ pub struct TooLarge {
 }
 
 impl RequestBody {
-    /// `inner` limited to `limit` bytes.
-    pub fn limited(inner: Incoming, limit: u64) -> RequestBody {
+    /// `inner` (if any) limited to `limit` bytes.
+    pub fn limited(inner: Option<Incoming>, limit: u64) -> RequestBody {
         RequestBody {
-            inner: Some(inner),
+            inner,
             left: limit,
             limit,
         }

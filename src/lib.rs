@@ -36,3 +36,4 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod wire;

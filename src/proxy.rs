@@ -90,8 +90,18 @@ impl Proxy {
 
     /// Answer one request; errors become their responses here.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        let snap = self.shared.load();
         let (parts, body) = req.into_parts();
+        self.handle_parts(parts, Some(body), conn).await
+    }
+
+    /// [`Proxy::handle`] for a request taken apart, `body` `None` when it has none.
+    pub async fn handle_parts(
+        &self,
+        parts: Parts,
+        body: Option<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<Body> {
+        let snap = self.shared.load();
         let request_id = headers::request_id(&parts.headers);
         let entry = self.log.enabled().then(|| {
             let host = Target::raw_host(&parts).unwrap_or_default().to_string();
@@ -126,7 +136,7 @@ impl Proxy {
         &self,
         snap: &Snapshot,
         mut parts: Parts,
-        body: Incoming,
+        body: Option<Incoming>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
         ctx: &mut Ctx,

@@ -6,6 +6,7 @@
 //! after `shutdown_timeout` whatever is left is cut. The admin listener stays up until
 //! `run` returns, answering `/ready` with 503 while draining.
 
+pub mod lane;
 pub mod stream;
 
 use crate::access_log::AccessLog;
@@ -30,7 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
-use stream::{Clock, Stream, Verdict};
+use lane::{Lane, Outcome, Rewind};
+use stream::{Clock, Finished, Stream, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -428,6 +430,23 @@ impl Conn {
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
         });
+        let stream = Stream::new(io, clock.clone());
+        let limits = &self.limits;
+        let (stream, read) = if h2 {
+            (stream, bytes::Bytes::new())
+        } else {
+            let lane = Lane::new(
+                stream,
+                self.proxy.clone(),
+                info.clone(),
+                limits.max_request_header_bytes,
+            );
+            match self.drive(lane, &clock).await {
+                Some(Outcome::Handoff(stream, read)) => (stream, read.freeze()),
+                Some(Outcome::Done) | None => return,
+            }
+        };
+        let io = TokioIo::new(Rewind::new(read, stream));
         let proxy = self.proxy.clone();
         let svc = service_fn(move |req: hyper::Request<Incoming>| {
             let proxy = proxy.clone();
@@ -438,9 +457,7 @@ impl Conn {
                 Ok::<_, Infallible>(proxy.handle(req, &info).await)
             }
         });
-        let io = TokioIo::new(Stream::new(io, clock.clone()));
-        let limits = &self.limits;
-        if h2 {
+        let ended = if h2 {
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(H2_MAX_STREAMS)
@@ -448,7 +465,7 @@ impl Conn {
                 .initial_connection_window_size(H2_CONN_WINDOW)
                 .max_header_list_size(limits.max_request_header_bytes.min(u32::MAX as usize) as u32)
                 .serve_connection(io, svc);
-            self.drive(conn, &clock).await;
+            self.drive(conn, &clock).await
         } else {
             let mut b = http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -460,12 +477,16 @@ impl Conn {
                 b.max_buf_size(limits.max_request_header_bytes + 8192);
             }
             let conn = b.serve_connection(io, svc).with_upgrades();
-            self.drive(conn, &clock).await;
+            self.drive(conn, &clock).await
+        };
+        if let Some(Err(e)) = ended {
+            tracing::debug!(error = %e, "client connection ended with an error");
         }
     }
 
-    /// Run `conn` to completion, enforcing the head and idle timeouts and shutdown.
-    async fn drive<C: Graceful>(&self, conn: C, clock: &Clock) {
+    /// Run `conn` to completion, enforcing the head and idle timeouts and shutdown; `None`
+    /// when it was cut off.
+    async fn drive<C: Graceful>(&self, conn: C, clock: &Clock) -> Option<C::Output> {
         let (head, idle) = (
             self.limits.client_header_timeout,
             self.limits.client_idle_timeout,
@@ -483,10 +504,7 @@ impl Conn {
         let mut registered = false;
         poll_fn(|cx| {
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "client connection ended with an error");
-                }
-                return Poll::Ready(());
+                return Poll::Ready(Some(r));
             }
             // A task's waker stays the same, so the shutdown futures are polled once to
             // register it; after that an atomic load per wake-up tells if they fired.
@@ -496,7 +514,7 @@ impl Conn {
                 let _ = killed.as_mut().poll(cx);
             }
             if self.kill.is_cancelled() {
-                return Poll::Ready(());
+                return Poll::Ready(None);
             }
             if !graceful && self.stop.is_cancelled() {
                 graceful = true;
@@ -515,7 +533,7 @@ impl Conn {
                 match clock.check(health::now_ms(), head, idle) {
                     Verdict::HeadTimeout => {
                         tracing::debug!(timeout = ?head, "request head too slow; closing");
-                        return Poll::Ready(());
+                        return Poll::Ready(None);
                     }
                     Verdict::Idle => {
                         if !graceful {
@@ -540,15 +558,6 @@ impl Conn {
     }
 }
 
-/// Marks a request done on its connection's clock when dropped (also on cancel).
-struct Finished<'a>(&'a Clock);
-
-impl Drop for Finished<'_> {
-    fn drop(&mut self) {
-        self.0.request_finished();
-    }
-}
-
 /// Whether the client speaks HTTP/2 with prior knowledge (h2c), from its first bytes.
 async fn sniff_h2(tcp: &TcpStream) -> io::Result<bool> {
     let mut buf = [0u8; 24];
@@ -566,9 +575,18 @@ async fn sniff_h2(tcp: &TcpStream) -> io::Result<bool> {
     }
 }
 
-/// A hyper connection that can be asked to finish gracefully.
-trait Graceful: Future<Output = Result<(), hyper::Error>> {
+/// A connection that can be asked to finish gracefully.
+trait Graceful: Future {
     fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<T> Graceful for Lane<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        Lane::graceful_shutdown(&self)
+    }
 }
 
 impl<I, S> Graceful for http1::UpgradeableConnection<I, S>

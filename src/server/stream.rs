@@ -81,6 +81,14 @@ impl Clock {
         }
     }
 
+    /// Make `bytes` the head copy: a head that hyper reads from a buffer rather than
+    /// through the stream (after `server::lane` handed the connection over).
+    pub fn replace_head(&self, bytes: &[u8]) {
+        let mut head = self.head.lock().expect("head copy lock poisoned");
+        head.clear();
+        head.extend_from_slice(&bytes[..bytes.len().min(HEAD_COPY)]);
+    }
+
     /// Whether the head of the request now served had a `Content-Length` line.
     pub fn head_had_content_length(&self) -> bool {
         let head = self.head.lock().expect("head copy lock poisoned");
@@ -136,6 +144,15 @@ impl Clock {
         if self.phase.load(Relaxed) == IDLE && !self.written.load(Relaxed) {
             self.written.store(true, Relaxed);
         }
+    }
+}
+
+/// Marks a request done on its connection's clock when dropped (also on cancel).
+pub struct Finished<'a>(pub &'a Clock);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.request_finished();
     }
 }
 

@@ -15,6 +15,7 @@
 
 use crate::body::RequestBody;
 use crate::error::UpstreamError;
+use crate::wire::{self, MAX_HEADERS, content_length, last_token_is, tokens};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -26,8 +27,6 @@ use std::task::{Context, Poll, Waker, ready};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Most header fields accepted in a response head or trailer section (hyper's default).
-const MAX_HEADERS: usize = 100;
 /// Longest response head (or trailer section) accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Free space made in the read buffer before each read.
@@ -156,7 +155,6 @@ impl Conn {
             let mut close = version == Version::HTTP_10;
             let mut length: Option<u64> = None;
             let mut chunked: Option<bool> = None;
-            let base = self.buf.as_ptr() as usize;
             self.spans.clear();
             for h in r.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -188,8 +186,8 @@ impl Conn {
                         continue;
                     }
                 }
-                let start = h.value.as_ptr() as usize - base;
-                self.spans.push((name, start, start + h.value.len()));
+                let (start, end) = wire::span(&self.buf, h.value);
+                self.spans.push((name, start, end));
             }
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(self.spans.len());
@@ -263,42 +261,6 @@ fn encode(req: &Request<RequestBody>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// The comma-separated tokens of a field value, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-}
-
-fn last_token_is(value: &[u8], token: &[u8]) -> bool {
-    tokens(value)
-        .last()
-        .is_some_and(|t| t.eq_ignore_ascii_case(token))
-}
-
-/// A Content-Length value: digits, or a list of identical digit strings (RFC 9110 §8.6).
-fn content_length(value: &[u8]) -> Option<u64> {
-    let mut n = None;
-    for t in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
-        if t.is_empty() {
-            return None;
-        }
-        let mut v: u64 = 0;
-        for &b in t {
-            if !b.is_ascii_digit() {
-                return None;
-            }
-            v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-        }
-        if n.is_some_and(|n| n != v) {
-            return None;
-        }
-        n = Some(v);
-    }
-    n
 }
 
 /// How the rest of a response is delimited, and how much of it is left.
@@ -458,23 +420,6 @@ fn trailers(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, UpstreamEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_length_values() {
-        assert_eq!(content_length(b"42"), Some(42));
-        assert_eq!(content_length(b"42, 42"), Some(42));
-        assert_eq!(content_length(b"42, 43"), None);
-        assert_eq!(content_length(b"+42"), None);
-        assert_eq!(content_length(b""), None);
-        assert_eq!(content_length(b"99999999999999999999999"), None);
-    }
-
-    #[test]
-    fn transfer_coding_is_decided_by_the_last_token() {
-        assert!(last_token_is(b"gzip, chunked", b"chunked"));
-        assert!(last_token_is(b"Chunked", b"chunked"));
-        assert!(!last_token_is(b"chunked, gzip", b"chunked"));
-    }
 
     #[test]
     fn trailer_sections() {
