@@ -18,7 +18,7 @@ pub mod path;
 
 use crate::config::{self, HostMatch, PathMatch};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 
 /// The compiled route table of one snapshot; `find` returns an index into the routes it was
@@ -100,7 +100,7 @@ impl Router {
 
     /// The first route, by SPEC precedence, that takes a request for `host` (lower case,
     /// no port) and normalized `path`.
-    pub fn find(&self, host: &str, path: &str, req: &Parts) -> Option<usize> {
+    pub fn find(&self, host: &str, path: &str, req: &impl Fields) -> Option<usize> {
         let accepts = |i: usize| self.conditions[i].accept(req);
         if !self.exact.is_empty()
             && let Some(b) = self.exact.get(host)
@@ -119,26 +119,40 @@ impl Router {
     }
 }
 
+/// What route conditions read from a request: a request taken apart by hyper, or one the
+/// fast path reads on its bytes.
+pub trait Fields {
+    fn method(&self) -> &Method;
+    /// The values of every field called `name`, in order.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl Fields for Parts {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.headers.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+}
+
 impl Conditions {
-    fn accept(&self, req: &Parts) -> bool {
-        (self.methods.is_empty() || self.methods.contains(&req.method))
+    fn accept(&self, req: &impl Fields) -> bool {
+        (self.methods.is_empty() || self.methods.contains(req.method()))
             && self
                 .headers
                 .iter()
-                .all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v))
-            && self
-                .cookies
-                .iter()
-                .all(|(n, v)| has_cookie(&req.headers, n, v))
+                .all(|(n, v)| req.values(n).any(|x| x == v.as_bytes()))
+            && self.cookies.iter().all(|(n, v)| has_cookie(req, n, v))
     }
 }
 
 /// True when a `Cookie` header of the request carries `name=value`.
-fn has_cookie(headers: &HeaderMap, name: &str, value: &str) -> bool {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|h| h.to_str().ok())
+fn has_cookie(req: &impl Fields, name: &str, value: &str) -> bool {
+    req.values(&http::header::COOKIE)
+        .filter(|v| crate::wire::is_visible(v))
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(cookie::Cookie::split_parse)
         .flatten()
         .any(|c| c.name() == name && c.value() == value)

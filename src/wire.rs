@@ -50,6 +50,96 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
     n
 }
 
+/// The header fields the proxy acts on, told apart by name without building a
+/// `HeaderName` (a hashed lookup per field, where most fields are none of these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Connection,
+    ContentLength,
+    Date,
+    Expect,
+    Host,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    TransferEncoding,
+    Upgrade,
+    XForwardedFor,
+    XForwardedHost,
+    XForwardedProto,
+    XRequestId,
+    Other,
+}
+
+impl Known {
+    /// Which of the known fields `name` is (ASCII case-insensitive).
+    pub fn of(name: &[u8]) -> Known {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        // The length picks at most two candidates, so most names cost one comparison.
+        match name.len() {
+            2 if is(b"te") => Known::Te,
+            4 if is(b"host") => Known::Host,
+            4 if is(b"date") => Known::Date,
+            6 if is(b"expect") => Known::Expect,
+            7 if is(b"upgrade") => Known::Upgrade,
+            10 if is(b"connection") => Known::Connection,
+            10 if is(b"keep-alive") => Known::KeepAlive,
+            12 if is(b"x-request-id") => Known::XRequestId,
+            14 if is(b"content-length") => Known::ContentLength,
+            15 if is(b"x-forwarded-for") => Known::XForwardedFor,
+            16 if is(b"x-forwarded-host") => Known::XForwardedHost,
+            16 if is(b"proxy-connection") => Known::ProxyConnection,
+            17 if is(b"transfer-encoding") => Known::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Known::XForwardedProto,
+            _ => Known::Other,
+        }
+    }
+
+    /// Hop-by-hop by definition (RFC 9110 §7.6.1), whatever `Connection` names.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Known::Connection
+                | Known::KeepAlive
+                | Known::ProxyConnection
+                | Known::Te
+                | Known::TransferEncoding
+                | Known::Upgrade
+        )
+    }
+}
+
+/// Whether a field value holds only visible ASCII, spaces and tabs, as
+/// `HeaderValue::to_str` demands.
+pub fn is_visible(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Append `name: value` and its line end.
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append `n` in decimal.
+pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Where a field's value lies in the head it was parsed from, as a byte range.
 pub fn span(head: &[u8], value: &[u8]) -> (usize, usize) {
     let start = value.as_ptr() as usize - head.as_ptr() as usize;
@@ -110,6 +200,25 @@ mod tests {
         assert!(!last_token_is(b"chunked, gzip", b"chunked"));
         assert!(has_token(b"keep-alive , Close", b"close"));
         assert!(!has_token(b"closed", b"close"));
+    }
+
+    #[test]
+    fn known_fields_by_name() {
+        assert_eq!(Known::of(b"Content-Length"), Known::ContentLength);
+        assert_eq!(Known::of(b"X-FORWARDED-PROTO"), Known::XForwardedProto);
+        assert_eq!(Known::of(b"proxy-connection"), Known::ProxyConnection);
+        assert_eq!(Known::of(b"te"), Known::Te);
+        assert_eq!(Known::of(b"tf"), Known::Other);
+        assert_eq!(Known::of(b"x-request-ids"), Known::Other);
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 100, 4_294_967_296, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -15,9 +15,8 @@
 
 use crate::body::RequestBody;
 use crate::error::UpstreamError;
-use crate::wire::{self, MAX_HEADERS, content_length, last_token_is, tokens};
+use crate::wire::{self, Known, MAX_HEADERS, content_length, last_token_is, tokens};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use std::io;
@@ -39,8 +38,8 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written; kept for its capacity.
     out: Vec<u8>,
-    /// Response header names and value ranges, collected while the head is borrowed.
-    spans: Vec<(HeaderName, usize, usize)>,
+    /// Where the fields of the last response head lie in its bytes.
+    fields: Vec<Field>,
 }
 
 /// A failed exchange, and whether the backend may have seen the request.
@@ -50,6 +49,38 @@ pub struct Failure {
     pub sent: bool,
 }
 
+/// A response head as received: its bytes, with [`Conn::fields`] pointing into them.
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub bytes: Bytes,
+    /// `Connection` named other fields, which are hop-by-hop as well.
+    pub names_fields: bool,
+    /// The head had `Transfer-Encoding`, which voids any `Content-Length`.
+    pub coded: bool,
+    pub framing: Framing,
+}
+
+/// Where one field of a response head lies in the head's bytes.
+#[derive(Clone, Copy)]
+pub struct Field {
+    pub known: Known,
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Field {
+    /// The field's name, as the backend spelled it.
+    pub fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.name.0 as usize..self.name.1 as usize]
+    }
+
+    /// The field's value.
+    pub fn value<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.value.0 as usize..self.value.1 as usize]
+    }
+}
+
 impl Conn {
     /// Wrap a freshly connected socket.
     pub fn new(io: TcpStream) -> Conn {
@@ -57,7 +88,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
-            spans: Vec::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -75,24 +106,33 @@ impl Conn {
         }
     }
 
-    /// Send `req` (which has no body) and read the response head.
+    /// Send `req` (which has no body) and read the response.
     pub async fn send(&mut self, req: &Request<RequestBody>) -> Result<Response<Framing>, Failure> {
-        encode(req, &mut self.out);
-        let written = self.io.write(&self.out).await.map_err(|e| Failure {
+        let mut out = std::mem::take(&mut self.out);
+        encode(req, &mut out);
+        let head = self.exchange(&out, *req.method() == Method::HEAD).await;
+        self.out = out;
+        let head = head?;
+        self.response(head).map_err(|error| Failure { error, sent: true })
+    }
+
+    /// Write `request`, a whole bodiless request head, and read the response head.
+    /// `head_request`: it was a HEAD, so the response has no body whatever it says.
+    pub async fn exchange(&mut self, request: &[u8], head_request: bool) -> Result<Head, Failure> {
+        let written = self.io.write(request).await.map_err(|e| Failure {
             error: UpstreamError::Io(e),
             sent: false,
         })?;
         let sent = |error| Failure { error, sent: true };
-        if written < self.out.len() {
-            let rest = &self.out[written..];
+        if written < request.len() {
             self.io
-                .write_all(rest)
+                .write_all(&request[written..])
                 .await
                 .map_err(|e| sent(UpstreamError::Io(e)))?;
         }
         loop {
-            if let Some(resp) = self.parse_head(req.method()).map_err(sent)? {
-                return Ok(resp);
+            if let Some(head) = self.parse_head(head_request).map_err(sent)? {
+                return Ok(head);
             }
             if self.buf.len() >= MAX_HEAD {
                 return Err(sent(UpstreamError::Malformed("response head too large")));
@@ -113,6 +153,35 @@ impl Conn {
         }
     }
 
+    /// The fields of the head [`Conn::exchange`] returned last.
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// `head` as an `http` response for hyper's server: hop-by-hop framing fields left
+    /// out (a `Connection` only when it names nothing else, for `headers::to_client`).
+    fn response(&mut self, head: Head) -> Result<Response<Framing>, UpstreamError> {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for f in &self.fields {
+            match f.known {
+                Known::Connection if !head.names_fields => continue,
+                Known::ContentLength if head.coded => continue,
+                _ => {}
+            }
+            let name = HeaderName::from_bytes(f.name(&head.bytes))
+                .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
+            let (start, end) = (f.value.0 as usize, f.value.1 as usize);
+            let value = HeaderValue::from_maybe_shared(head.bytes.slice(start..end))
+                .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let mut resp = Response::new(head.framing);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+
     /// Read more into the buffer; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
@@ -123,7 +192,7 @@ impl Conn {
 
     /// The response head at the front of the buffer, if it is all there; informational
     /// (1xx) responses before it are skipped.
-    fn parse_head(&mut self, method: &Method) -> Result<Option<Response<Framing>>, UpstreamError> {
+    fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, UpstreamError> {
         loop {
             // Uninitialized slots: filling 100 empty headers per response costs more than
             // parsing the handful a backend sends.
@@ -155,79 +224,73 @@ impl Conn {
             let mut close = version == Version::HTTP_10;
             let mut length: Option<u64> = None;
             let mut chunked: Option<bool> = None;
-            self.spans.clear();
+            let mut names_fields = false;
+            self.fields.clear();
             for h in r.headers.iter() {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
-                if name == CONTENT_LENGTH {
-                    let n = content_length(h.value)
-                        .ok_or(UpstreamError::Malformed("invalid Content-Length"))?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err(UpstreamError::Malformed("conflicting Content-Length"));
+                let known = Known::of(h.name.as_bytes());
+                match known {
+                    Known::ContentLength => {
+                        let n = content_length(h.value)
+                            .ok_or(UpstreamError::Malformed("invalid Content-Length"))?;
+                        if length.is_some_and(|l| l != n) {
+                            return Err(UpstreamError::Malformed("conflicting Content-Length"));
+                        }
+                        length = Some(n);
                     }
-                    length = Some(n);
-                } else if name == TRANSFER_ENCODING {
                     // The last field's last coding decides (RFC 9112 §6.3).
-                    chunked = Some(last_token_is(h.value, b"chunked"));
-                } else if name == CONNECTION {
-                    let mut names_fields = false;
-                    for token in tokens(h.value) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            close = false;
-                        } else {
-                            names_fields = true;
+                    Known::TransferEncoding => chunked = Some(last_token_is(h.value, b"chunked")),
+                    Known::Connection => {
+                        for token in tokens(h.value) {
+                            if token.eq_ignore_ascii_case(b"close") {
+                                close = true;
+                            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                                close = false;
+                            } else {
+                                names_fields = true;
+                            }
                         }
                     }
-                    // Hop-by-hop, so the client never sees it: only a `Connection` that
-                    // names other fields is kept, for `headers::to_client` to act on.
-                    if !names_fields {
-                        continue;
-                    }
+                    _ => {}
                 }
-                let (start, end) = wire::span(&self.buf, h.value);
-                self.spans.push((name, start, end));
+                let name = wire::span(&self.buf, h.name.as_bytes());
+                let value = wire::span(&self.buf, h.value);
+                // A head is at most MAX_HEAD bytes, so its offsets fit in u32.
+                self.fields.push(Field {
+                    known,
+                    name: (name.0 as u32, name.1 as u32),
+                    value: (value.0 as u32, value.1 as u32),
+                });
             }
-            let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(self.spans.len());
-            for (name, start, end) in self.spans.drain(..) {
-                let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                    .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
-                headers.append(name, value);
-            }
-            let kind = framing(method, status, length, chunked, &mut headers, &mut close);
-            let mut resp = Response::new(Framing { kind, close });
-            *resp.status_mut() = status;
-            *resp.version_mut() = version;
-            *resp.headers_mut() = headers;
-            return Ok(Some(resp));
+            let bytes = self.buf.split_to(len).freeze();
+            let bodiless = head_request
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED;
+            let kind = framing(bodiless, length, chunked, &mut close);
+            return Ok(Some(Head {
+                status,
+                version,
+                bytes,
+                names_fields,
+                coded: chunked.is_some(),
+                framing: Framing { kind, close },
+            }));
         }
     }
 }
 
-/// How a response's body is delimited (RFC 9112 §6.3), given what its head said: its
-/// `Content-Length`, and whether its last transfer coding is chunked, if it had any.
-/// Sets `close` when the connection cannot carry another exchange after this one.
-fn framing(
-    method: &Method,
-    status: StatusCode,
-    length: Option<u64>,
-    chunked: Option<bool>,
-    headers: &mut HeaderMap,
-    close: &mut bool,
-) -> Kind {
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+/// How a response's body is delimited (RFC 9112 §6.3), given what its head said: no body
+/// at all (`bodiless`: a response to HEAD, 204, 304), its `Content-Length`, and whether its
+/// last transfer coding is chunked, if it had any. Sets `close` when the connection cannot
+/// carry another exchange after this one.
+fn framing(bodiless: bool, length: Option<u64>, chunked: Option<bool>, close: &mut bool) -> Kind {
+    if bodiless {
         return Kind::Done;
     }
     match (chunked, length) {
-        (Some(chunked), _) => {
+        (Some(chunked), length) => {
             // Transfer-Encoding overrides Content-Length, and a message with both is
-            // suspect: drop the length and do not reuse the connection.
-            if headers.remove(CONTENT_LENGTH).is_some() {
+            // suspect: the length is dropped and the connection not reused.
+            if length.is_some() {
                 *close = true;
             }
             if chunked {
