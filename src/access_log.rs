@@ -77,25 +77,49 @@ impl AccessLog {
         req: &http::request::Parts,
         host: String,
     ) -> Box<Entry> {
+        let path = req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
+        let mut e = self.begin(
+            listener,
+            client,
+            req.method.clone(),
+            req.version,
+            host,
+            path,
+        );
+        e.referer = req.headers.get(http::header::REFERER).cloned();
+        e.user_agent = req.headers.get(http::header::USER_AGENT).cloned();
+        e
+    }
+
+    /// A new entry for a request that started now, from its parts; `path` with its query.
+    pub fn begin(
+        &self,
+        listener: Arc<str>,
+        client: SocketAddr,
+        method: Method,
+        version: Version,
+        host: String,
+        path: String,
+    ) -> Box<Entry> {
         Box::new(Entry {
             time: SystemTime::now(),
             start: Instant::now(),
             listener,
             client,
-            method: req.method.clone(),
-            version: req.version,
+            method,
+            version,
             host,
-            path: req
-                .uri
-                .path_and_query()
-                .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string()),
+            path,
             status: 0,
             route: None,
             pool: None,
             backend: None,
             request_id: None,
-            referer: req.headers.get(http::header::REFERER).cloned(),
-            user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
+            referer: None,
+            user_agent: None,
             bytes: 0,
             duration: 0.0,
             log: Some(self.clone()),

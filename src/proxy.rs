@@ -7,10 +7,11 @@
 //! `finish` the response. Per request it loads the snapshot once and allocates little: the
 //! router, balancer and header edits work on borrowed data and atomics.
 
+pub mod fast;
 pub mod headers;
 pub mod upgrade;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{self, AccessLog};
 use crate::body::{Body, RequestBody, TooLarge};
 use crate::error::{ProxyError, UpstreamError};
 use crate::health;
@@ -109,7 +110,7 @@ impl Proxy {
                 .entry(conn.listener.clone(), conn.peer, &parts, host)
         });
         let mut ctx = Ctx::default();
-        let mut resp = match self
+        let resp = match self
             .try_handle(&snap, parts, body, conn, &request_id, &mut ctx)
             .await
         {
@@ -119,17 +120,7 @@ impl Proxy {
                 e.into_response()
             }
         };
-        resp.headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-        if let Some(mut e) = entry {
-            e.status = resp.status().as_u16();
-            e.route = ctx.route;
-            e.pool = ctx.pool;
-            e.backend = ctx.backend;
-            e.request_id = Some(request_id);
-            resp.body_mut().set_log(e);
-        }
-        resp
+        stamp(resp, request_id, entry, ctx)
     }
 
     async fn try_handle(
@@ -204,56 +195,10 @@ impl Proxy {
         let resendable =
             pool.retries > 0 && pool.backends.len() > 1 && is_idempotent(req.method()) && bodiless;
         let replay = (resendable && !inline).then(|| Replay::of(&req));
-        let mut tried = Tried::default();
-        let mut failures = 0;
-        let mut last = None;
+        let mut attempts = Attempts::new(pool);
         loop {
-            let i = match pool.pick(&tried) {
-                Pick::Healthy(i) => i,
-                // TODO(#metrics): count in switchyard_pool_fail_open_total.
-                Pick::FailOpen(i) => i,
-                Pick::AllDown => {
-                    return Err(ProxyError::NoHealthyBackend {
-                        pool: pool.name.clone(),
-                    });
-                }
-                Pick::Exhausted => {
-                    return Err(last.unwrap_or_else(|| ProxyError::NoHealthyBackend {
-                        pool: pool.name.clone(),
-                    }));
-                }
-            };
+            let (i, mut conn, in_flight) = attempts.connect(inline, ctx).await?;
             let backend = &pool.backends[i];
-            ctx.backend = Some(backend.label.clone());
-            let in_flight = backend.state.start_request();
-            let state = &backend.state;
-            let mut conn = match state
-                .endpoint
-                .checkout(backend.addr, &backend.server_name, &pool.connector, inline)
-                .await
-            {
-                Ok(c) => c,
-                Err(source) => {
-                    if let Some(d) = state.passive.connect_failed(health::now_ms()) {
-                        tracing::warn!(pool = %pool.name, backend = %backend.label, ejected_for = ?d,
-                            "backend ejected after {} connect failures in a row", health::EJECT_AFTER);
-                    }
-                    tracing::debug!(backend = %backend.label, error = %source, "connect failed");
-                    tried.add(i);
-                    failures += 1;
-                    last = Some(ProxyError::Connect {
-                        backend: backend.label.clone(),
-                        source,
-                    });
-                    if failures > pool.retries {
-                        return Err(last.expect("just set"));
-                    }
-                    continue;
-                }
-            };
-            if !conn.reused {
-                state.passive.connected();
-            }
             if conn.sender.is_h2() {
                 h2_target(&mut req, pool.connector.tls.is_some(), &backend.label);
             }
@@ -279,14 +224,9 @@ impl Proxy {
             {
                 return Err(TooLarge { limit }.into());
             }
-            // A kept-alive connection the backend had closed: not the backend's fault. Like
-            // nginx, an idempotent request that found only the close goes again, even to the
-            // same backend.
             let stale = conn.reused
                 && failed.request.as_ref().is_some_and(|r| {
-                    !failed.sent
-                        || (is_idempotent(r.method())
-                            && matches!(failed.error, UpstreamError::Closed))
+                    is_stale(failed.sent, is_idempotent(r.method()), &failed.error)
                 });
             req = match (failed.request, &replay) {
                 (Some(r), _) if !failed.sent || resendable || stale => r,
@@ -298,21 +238,120 @@ impl Proxy {
                     });
                 }
             };
-            if stale {
-                continue;
-            }
-            tracing::debug!(backend = %backend.label, error = %failed.error, "exchange failed before a response");
-            tried.add(i);
-            failures += 1;
-            last = Some(ProxyError::UpstreamProtocol {
-                backend: backend.label.clone(),
-                source: failed.error,
-            });
-            if failures > pool.retries {
-                return Err(last.expect("just set"));
+            if !stale {
+                attempts.failed(i, failed.error)?;
             }
         }
     }
+}
+
+/// The backends one request tries, and the failures that count against `retries`.
+struct Attempts<'p> {
+    pool: &'p Pool,
+    tried: Tried,
+    failures: u32,
+    last: Option<ProxyError>,
+}
+
+impl<'p> Attempts<'p> {
+    fn new(pool: &'p Pool) -> Attempts<'p> {
+        Attempts {
+            pool,
+            tried: Tried::default(),
+            failures: 0,
+            last: None,
+        }
+    }
+
+    /// A connection to the next backend to try, with its index and in-flight count;
+    /// backends that cannot be connected to are skipped while retries last.
+    async fn connect(
+        &mut self,
+        inline: bool,
+        ctx: &mut Ctx,
+    ) -> Result<(usize, upstream::Conn, InFlight), ProxyError> {
+        let pool = self.pool;
+        loop {
+            let i = match pool.pick(&self.tried) {
+                Pick::Healthy(i) => i,
+                // TODO(#metrics): count in switchyard_pool_fail_open_total.
+                Pick::FailOpen(i) => i,
+                Pick::AllDown => {
+                    return Err(ProxyError::NoHealthyBackend {
+                        pool: pool.name.clone(),
+                    });
+                }
+                Pick::Exhausted => {
+                    return Err(self
+                        .last
+                        .take()
+                        .unwrap_or_else(|| ProxyError::NoHealthyBackend {
+                            pool: pool.name.clone(),
+                        }));
+                }
+            };
+            let backend = &pool.backends[i];
+            ctx.backend = Some(backend.label.clone());
+            let in_flight = backend.state.start_request();
+            let state = &backend.state;
+            match state
+                .endpoint
+                .checkout(backend.addr, &backend.server_name, &pool.connector, inline)
+                .await
+            {
+                Ok(conn) => {
+                    if !conn.reused {
+                        state.passive.connected();
+                    }
+                    return Ok((i, conn, in_flight));
+                }
+                Err(source) => {
+                    if let Some(d) = state.passive.connect_failed(health::now_ms()) {
+                        tracing::warn!(pool = %pool.name, backend = %backend.label, ejected_for = ?d,
+                            "backend ejected after {} connect failures in a row", health::EJECT_AFTER);
+                    }
+                    tracing::debug!(backend = %backend.label, error = %source, "connect failed");
+                    self.count(
+                        i,
+                        ProxyError::Connect {
+                            backend: backend.label.clone(),
+                            source,
+                        },
+                    )?;
+                }
+            }
+        }
+    }
+
+    /// Backend `i` failed the exchange before a response: `Ok` to try the next one.
+    fn failed(&mut self, i: usize, error: UpstreamError) -> Result<(), ProxyError> {
+        let backend = self.pool.backends[i].label.clone();
+        tracing::debug!(%backend, %error, "exchange failed before a response");
+        self.count(
+            i,
+            ProxyError::UpstreamProtocol {
+                backend,
+                source: error,
+            },
+        )
+    }
+
+    fn count(&mut self, i: usize, e: ProxyError) -> Result<(), ProxyError> {
+        self.tried.add(i);
+        self.failures += 1;
+        if self.failures > self.pool.retries {
+            return Err(e);
+        }
+        self.last = Some(e);
+        Ok(())
+    }
+}
+
+/// Whether a failure on a kept-alive connection only found the backend's close of it: not
+/// the backend's fault, and not counted. Like nginx, an idempotent request that met only
+/// the close goes again, even to the same backend.
+fn is_stale(sent: bool, idempotent: bool, error: &UpstreamError) -> bool {
+    !sent || (idempotent && matches!(error, UpstreamError::Closed))
 }
 
 /// Turn the backend's response into the client's.
@@ -508,6 +547,26 @@ impl Replay {
         *r.headers_mut() = self.headers.clone();
         r
     }
+}
+
+/// Give the client's response its request id, and the access log entry its outcome.
+fn stamp(
+    mut resp: Response<Body>,
+    request_id: HeaderValue,
+    entry: Option<Box<access_log::Entry>>,
+    ctx: Ctx,
+) -> Response<Body> {
+    resp.headers_mut()
+        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(mut e) = entry {
+        e.status = resp.status().as_u16();
+        e.route = ctx.route;
+        e.pool = ctx.pool;
+        e.backend = ctx.backend;
+        e.request_id = Some(request_id);
+        resp.body_mut().set_log(e);
+    }
+    resp
 }
 
 /// Log a failed request once: server-side failures as warnings, client errors at debug.

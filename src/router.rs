@@ -133,7 +133,10 @@ impl Fields for Parts {
     }
 
     fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
-        self.headers.get_all(name).into_iter().map(HeaderValue::as_bytes)
+        self.headers
+            .get_all(name)
+            .into_iter()
+            .map(HeaderValue::as_bytes)
     }
 }
 

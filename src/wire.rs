@@ -20,7 +20,9 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Whether the last token of `value` is `token` (ASCII case-insensitive).
 pub fn last_token_is(value: &[u8], token: &[u8]) -> bool {
-    tokens(value).last().is_some_and(|t| t.eq_ignore_ascii_case(token))
+    tokens(value)
+        .last()
+        .is_some_and(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Whether any token of `value` is `token` (ASCII case-insensitive).
@@ -156,13 +158,16 @@ pub fn header_map(
 ) -> Option<HeaderMap> {
     let mut map = HeaderMap::with_capacity(fields.len() + extra);
     for (name, start, end) in fields.drain(..) {
-        map.append(name, HeaderValue::from_maybe_shared(head.slice(start..end)).ok()?);
+        map.append(
+            name,
+            HeaderValue::from_maybe_shared(head.slice(start..end)).ok()?,
+        );
     }
     Some(map)
 }
 
 thread_local! {
-    static DATE: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("")));
+    static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
 }
 
 /// The current time as an HTTP `Date` value, formatted at most once a second per thread.
@@ -173,7 +178,10 @@ pub fn date() -> HeaderValue {
         let mut d = d.borrow_mut();
         if d.0 != secs {
             let text = httpdate::fmt_http_date(now);
-            *d = (secs, HeaderValue::from_str(&text).expect("an HTTP date is a valid value"));
+            *d = (
+                secs,
+                HeaderValue::from_str(&text).expect("an HTTP date is a valid value"),
+            );
         }
         d.1.clone()
     })

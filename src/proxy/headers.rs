@@ -200,6 +200,11 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
+    new_request_id()
+}
+
+/// A new random request id (32 hex digits).
+pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     let mut n = fastrand::u128(..);
     for b in buf.iter_mut().rev() {

@@ -15,10 +15,11 @@
 
 use super::stream::Finished;
 use crate::body::Body;
+use crate::proxy::fast::{self, Answer};
 use crate::proxy::{ConnInfo, Proxy};
-use crate::wire::{self, MAX_HEADERS};
+use crate::wire::{self, Known, MAX_HEADERS, field};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderName, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -76,7 +77,7 @@ impl<T> Future for Lane<T> {
     }
 }
 
-/// A request head the lane serves, with what the response depends on.
+/// A request head for [`Proxy::handle`], with what the response depends on.
 struct Head {
     parts: http::request::Parts,
     /// `Connection: close`.
@@ -87,12 +88,30 @@ struct Head {
 
 /// What the bytes at the front of the buffer are.
 enum Parsed {
+    /// A request the fast path took; the head for the backend is in the `up` buffer.
+    Fast {
+        plan: fast::Plan,
+        close: bool,
+        trailers: bool,
+    },
     Head(Box<Head>),
     Partial,
     /// Valid for hyper only, or invalid: hyper answers it.
     NotForLane,
     /// A head the lane consumed and found broken: 400, then close.
     Bad,
+}
+
+/// Buffers a connection keeps for its life.
+struct Buffers {
+    /// Bytes read from the client and not consumed yet.
+    read: BytesMut,
+    /// What is being written to the client.
+    out: Vec<u8>,
+    /// The head of a fast-path request for the backend.
+    up: Vec<u8>,
+    /// Field names and value ranges for a general-path header map.
+    fields: Vec<(HeaderName, usize, usize)>,
 }
 
 async fn serve<T>(
@@ -105,29 +124,33 @@ async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut out = Vec::with_capacity(1024);
-    let mut fields = Vec::new();
+    let mut b = Buffers {
+        read: BytesMut::with_capacity(4096),
+        out: Vec::with_capacity(1024),
+        up: Vec::with_capacity(1024),
+        fields: Vec::new(),
+    };
     loop {
-        let head = loop {
-            match parse(&mut buf, &mut fields, max_head) {
-                Parsed::Head(h) => break h,
+        let parsed = loop {
+            match parse(&mut b, max_head, &proxy, &info) {
+                Parsed::Partial => {}
                 Parsed::NotForLane => {
                     // hyper re-reads these bytes from the buffer, not through the clock's
                     // stream: the clock must see this head, not an earlier one.
-                    info.clock.replace_head(&buf);
-                    return Outcome::Handoff(io, buf);
+                    info.clock.replace_head(&b.read);
+                    return Outcome::Handoff(io, b.read);
                 }
                 Parsed::Bad => {
                     let resp = crate::body::text(
                         StatusCode::BAD_REQUEST,
                         "400 Bad Request: invalid request target or header\n",
                     );
-                    let _ = write(&mut io, resp, false, true, false, &mut out).await;
+                    let _ = write(&mut io, resp, false, true, false, &mut b.out).await;
                     return Outcome::Done;
                 }
-                Parsed::Partial => {}
+                parsed => break parsed,
             }
+            let buf = &mut b.read;
             let read = poll_fn(|cx| {
                 // Shutdown closes a connection between requests, not in one.
                 if buf.is_empty() && closing.load(Relaxed) {
@@ -136,25 +159,51 @@ where
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(4096);
                 }
-                tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut buf)
+                tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, buf)
             })
             .await;
             if !matches!(read, Ok(n) if n > 0) {
                 return Outcome::Done;
             }
         };
-        let Head {
-            parts,
-            close,
-            trailers,
-        } = *head;
-        let head_only = parts.method == Method::HEAD;
         info.clock.request_started();
-        let resp = {
-            let _done = Finished(&info.clock);
-            proxy.handle_parts(parts, None, &info).await
+        let written = match parsed {
+            Parsed::Fast {
+                plan,
+                close,
+                trailers,
+            } => {
+                let answer = {
+                    let _done = Finished(&info.clock);
+                    proxy.fast(plan, &b.up, &info, close, &mut b.out).await
+                };
+                match answer {
+                    Answer::Streamed { body, length } => {
+                        write_body(&mut io, body, length, trailers, &mut b.out)
+                            .await
+                            .map(|()| !close)
+                    }
+                    Answer::Failed(resp) => {
+                        write(&mut io, resp, false, close, trailers, &mut b.out).await
+                    }
+                }
+            }
+            Parsed::Head(head) => {
+                let Head {
+                    parts,
+                    close,
+                    trailers,
+                } = *head;
+                let head_only = parts.method == Method::HEAD;
+                let resp = {
+                    let _done = Finished(&info.clock);
+                    proxy.handle_parts(parts, None, &info).await
+                };
+                write(&mut io, resp, head_only, close, trailers, &mut b.out).await
+            }
+            _ => unreachable!("the read loop only ends on a request"),
         };
-        match write(&mut io, resp, head_only, close, trailers, &mut out).await {
+        match written {
             Ok(true) if !closing.load(Relaxed) => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -164,8 +213,9 @@ where
     }
 }
 
-/// Parse the head at the front of `buf`; a head for the lane is taken out of `buf`.
-fn parse(buf: &mut BytesMut, fields: &mut Vec<(HeaderName, usize, usize)>, max: usize) -> Parsed {
+/// Parse the head at the front of the read buffer; a head for the lane is taken out.
+fn parse(b: &mut Buffers, max: usize, proxy: &Proxy, info: &ConnInfo) -> Parsed {
+    let buf = &mut b.read;
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut []);
     let len = match r.parse_with_uninit_headers(buf, &mut slots) {
@@ -183,24 +233,37 @@ fn parse(buf: &mut BytesMut, fields: &mut Vec<(HeaderName, usize, usize)>, max: 
         return Parsed::NotForLane;
     };
     let (mut close, mut trailers) = (false, false);
+    for h in r.headers.iter() {
+        match Known::of(h.name.as_bytes()) {
+            // A body (or its framing), an upgrade, or an expectation: hyper's.
+            Known::ContentLength | Known::TransferEncoding | Known::Upgrade | Known::Expect => {
+                return Parsed::NotForLane;
+            }
+            Known::Connection => close |= wire::has_token(h.value, b"close"),
+            Known::Te => trailers |= wire::has_token(h.value, b"trailers"),
+            _ => {}
+        }
+    }
+    let req = fast::Request {
+        method,
+        target: path,
+        headers: r.headers,
+    };
+    if let Some(plan) = proxy.plan(&req, info, &mut b.up) {
+        buf.advance(len);
+        return Parsed::Fast {
+            plan,
+            close,
+            trailers,
+        };
+    }
+    let method = req.method;
+    let fields = &mut b.fields;
     fields.clear();
     for h in r.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Parsed::NotForLane;
         };
-        // A body (or its framing), an upgrade, or an expectation: hyper's.
-        if name == CONTENT_LENGTH
-            || name == TRANSFER_ENCODING
-            || name == http::header::UPGRADE
-            || name == http::header::EXPECT
-        {
-            return Parsed::NotForLane;
-        }
-        if name == CONNECTION {
-            close |= wire::has_token(h.value, b"close");
-        } else if name == TE {
-            trailers |= wire::has_token(h.value, b"trailers");
-        }
         let (start, end) = wire::span(buf, h.value);
         fields.push((name, start, end));
     }
@@ -233,7 +296,7 @@ async fn write<T: AsyncWrite + Unpin>(
     trailers: bool,
     out: &mut Vec<u8>,
 ) -> io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
     let status = parts.status;
     let mut keep_alive = !close;
     let mut length = None;
@@ -266,7 +329,7 @@ async fn write<T: AsyncWrite + Unpin>(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut left = if bodiless {
+    let left = if bodiless {
         Some(0)
     } else if length.is_some() {
         length
@@ -285,6 +348,18 @@ async fn write<T: AsyncWrite + Unpin>(
         io.write_all(out).await?;
         return Ok(keep_alive);
     }
+    write_body(io, body, left, trailers, out).await?;
+    Ok(keep_alive)
+}
+
+/// Write `body` behind the head already in `out`: `left` bytes, or chunked when `None`.
+async fn write_body<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    mut body: Body,
+    mut left: Option<u64>,
+    trailers: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
     let mut trailer_fields = None;
     loop {
         // Take what the body has ready; write out before waiting for more.
@@ -345,14 +420,7 @@ async fn write<T: AsyncWrite + Unpin>(
     if !out.is_empty() {
         io.write_all(out).await?;
     }
-    Ok(keep_alive)
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
 /// Queue `data` behind what `out` holds, or write both when `data` is large.

@@ -113,7 +113,8 @@ impl Conn {
         let head = self.exchange(&out, *req.method() == Method::HEAD).await;
         self.out = out;
         let head = head?;
-        self.response(head).map_err(|error| Failure { error, sent: true })
+        self.response(head)
+            .map_err(|error| Failure { error, sent: true })
     }
 
     /// Write `request`, a whole bodiless request head, and read the response head.

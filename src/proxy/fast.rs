@@ -1,0 +1,446 @@
+//! The fast path: a plain HTTP/1.1 request without a body, routed and rewritten on its
+//! bytes and answered from the backend's bytes, without an `http::Request`, an
+//! `http::Response` or a `HeaderMap` in between.
+//!
+//! Why: with hyper's server and client out of the way for these requests (`server::lane`,
+//! `upstream::h1`), building, editing and dropping two header maps per request was the
+//! largest cost left (bench/README.md). Most proxied traffic is this simple case.
+//!
+//! It takes only the happy case and leaves every decision it does not make to
+//! [`Proxy::handle`]: [`Proxy::plan`] declines (and the lane takes the general path) when
+//! the listener redirects, the target holds anything but RFC 3986 characters or fails to
+//! normalize, `Host` is missing, repeated or not visible ASCII, the TLS name does not
+//! cover the host, no route matches, or the pool does not take the inline client. So
+//! every 4xx the proxy answers comes from one place; what the fast path answers itself
+//! are the outcomes of forwarding (502, 503, 504), through the same [`ProxyError`]
+//! responses.
+//!
+//! The edits are those of `headers::to_backend` and `headers::to_client`, field for field:
+//! hop-by-hop fields and those `Connection` names are dropped, `TE: trailers` is kept,
+//! `X-Forwarded-For` gets the client appended (repeated fields folded into one),
+//! `X-Forwarded-Proto` and `X-Forwarded-Host` are set, and the request id is added where
+//! missing. Field names keep the sender's spelling.
+
+use super::{ConnInfo, Ctx, Proxy, host_name, is_idempotent, is_stale, log_error, stamp};
+use crate::access_log::Entry;
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::pool::{InFlight, Pool};
+use crate::router::Fields;
+use crate::router::path;
+use crate::snapshot::Snapshot;
+use crate::upstream::{self, Recv, Sender, h1};
+use crate::wire::{self, Known, field, has_token, tokens};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// A request head as the lane parsed it.
+pub struct Request<'a> {
+    pub method: Method,
+    /// Origin-form (the lane checked it starts with `/`).
+    pub target: &'a str,
+    pub headers: &'a [httparse::Header<'a>],
+}
+
+impl Fields for Request<'_> {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| h.value)
+    }
+}
+
+/// A request the fast path took: what forwarding it needs once its head has left the
+/// lane's buffer. The head for the backend is written by [`Proxy::plan`].
+pub struct Plan {
+    snap: Arc<Snapshot>,
+    route: usize,
+    request_id: HeaderValue,
+    head_only: bool,
+    idempotent: bool,
+    entry: Option<Box<Entry>>,
+}
+
+/// How the fast path answered.
+pub enum Answer {
+    /// The response head is written; `body` follows, `length` bytes or chunked (`None`).
+    Streamed { body: Body, length: Option<u64> },
+    /// Forwarding failed: this error response, for the lane's general writer.
+    Failed(Response<Body>),
+}
+
+impl Proxy {
+    /// Take `req` on the fast path, writing the head to send the backend into `up`; `None`
+    /// leaves it to [`Proxy::handle`].
+    pub fn plan(&self, req: &Request<'_>, conn: &ConnInfo, up: &mut Vec<u8>) -> Option<Plan> {
+        if conn.redirect_https.is_some() || !req.target.bytes().all(is_target_char) {
+            return None;
+        }
+        let mut host = None;
+        let mut hosts = 0;
+        let mut client_id = None;
+        let mut forwarded_for = false;
+        let mut names_fields = false;
+        let mut te_trailers = false;
+        for h in req.headers {
+            match Known::of(h.name.as_bytes()) {
+                Known::Host => {
+                    hosts += 1;
+                    host = Some(h.value);
+                }
+                Known::XRequestId if client_id.is_none() => client_id = Some(h.value),
+                Known::XForwardedFor => forwarded_for = true,
+                Known::Connection => names_fields |= names_any(h.value),
+                Known::Te => te_trailers |= has_token(h.value, b"trailers"),
+                _ => {}
+            }
+        }
+        let raw_host = match host {
+            Some(h) if hosts == 1 && wire::is_visible(h) => std::str::from_utf8(h).ok()?,
+            _ => return None,
+        };
+        let (raw_path, query) = match req.target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (req.target, None),
+        };
+        let path = path::normalize(raw_path).ok()?;
+        let host = host_name(raw_host);
+        if let Some(tls) = &conn.tls
+            && !tls.allows(&host)
+        {
+            return None;
+        }
+        let snap = self.shared.load();
+        let route = snap.router.find(&host, &path, req)?;
+        if !snap.pools[snap.config.routes[route].pool]
+            .connector
+            .takes_inline()
+        {
+            return None;
+        }
+
+        let request_id = match client_id {
+            Some(id) if !id.is_empty() => HeaderValue::from_bytes(id).ok()?,
+            _ => super::headers::new_request_id(),
+        };
+        up.clear();
+        up.extend_from_slice(req.method.as_str().as_bytes());
+        up.push(b' ');
+        match &path {
+            Cow::Borrowed(_) => up.extend_from_slice(req.target.as_bytes()),
+            Cow::Owned(p) => {
+                up.extend_from_slice(p.as_bytes());
+                if let Some(q) = query {
+                    up.push(b'?');
+                    up.extend_from_slice(q.as_bytes());
+                }
+            }
+        }
+        up.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in req.headers {
+            let name = h.name.as_bytes();
+            match Known::of(name) {
+                k if k.is_hop_by_hop() => continue,
+                Known::XForwardedFor | Known::XForwardedProto | Known::XForwardedHost => continue,
+                _ if names_fields && named(req.headers.iter().map(|h| (h.name, h.value)), name) => {
+                    continue;
+                }
+                _ => {}
+            }
+            field(up, name, h.value);
+        }
+        if te_trailers {
+            field(up, b"te", b"trailers");
+        }
+        up.extend_from_slice(b"x-forwarded-for: ");
+        if forwarded_for {
+            for h in req.headers {
+                if Known::of(h.name.as_bytes()) == Known::XForwardedFor {
+                    up.extend_from_slice(h.value);
+                    up.extend_from_slice(b", ");
+                }
+            }
+        }
+        up.extend_from_slice(conn.client_ip.as_bytes());
+        up.extend_from_slice(b"\r\n");
+        let proto: &[u8] = if conn.tls.is_some() {
+            b"https"
+        } else {
+            b"http"
+        };
+        field(up, b"x-forwarded-proto", proto);
+        field(up, b"x-forwarded-host", raw_host.as_bytes());
+        if client_id.is_none() {
+            field(up, b"x-request-id", request_id.as_bytes());
+        }
+        up.extend_from_slice(b"\r\n");
+
+        let entry = self.log.enabled().then(|| {
+            let mut e = self.log.begin(
+                conn.listener.clone(),
+                conn.peer,
+                req.method.clone(),
+                Version::HTTP_11,
+                raw_host.to_string(),
+                req.target.to_string(),
+            );
+            let value = |name| {
+                let v = req.values(&name).next()?;
+                HeaderValue::from_bytes(v).ok()
+            };
+            e.referer = value(http::header::REFERER);
+            e.user_agent = value(http::header::USER_AGENT);
+            e
+        });
+        Some(Plan {
+            route,
+            request_id,
+            head_only: req.method == Method::HEAD,
+            idempotent: is_idempotent(&req.method),
+            entry,
+            snap,
+        })
+    }
+
+    /// Send the planned request (its head is `up`) and write the client's response head
+    /// into `out`; `close`: the client asked to close after this response.
+    pub async fn fast(
+        &self,
+        plan: Plan,
+        up: &[u8],
+        conn: &ConnInfo,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) -> Answer {
+        let Plan {
+            snap,
+            route,
+            request_id,
+            head_only,
+            idempotent,
+            entry,
+        } = plan;
+        let route = &snap.config.routes[route];
+        let pool = &snap.pools[route.pool];
+        let mut ctx = Ctx {
+            route: Some(route.name.clone()),
+            pool: Some(pool.name.clone()),
+            backend: None,
+        };
+        match forward(pool, up, head_only, idempotent, &mut ctx).await {
+            Ok((head, c, in_flight)) => {
+                let length = client_head(&head, c.fields(), &request_id, head_only, close, out);
+                let status = head.status;
+                let inner =
+                    upstream::Body::new(Recv::Inline(head.framing), Sender::Inline(c), in_flight);
+                let mut body = Body::upstream(inner);
+                if let Some(mut e) = entry {
+                    e.status = status.as_u16();
+                    e.route = ctx.route;
+                    e.pool = ctx.pool;
+                    e.backend = ctx.backend;
+                    e.request_id = Some(request_id);
+                    body.set_log(e);
+                }
+                Answer::Streamed { body, length }
+            }
+            Err(e) => {
+                log_error(&e, &ctx, conn, &request_id);
+                Answer::Failed(stamp(e.into_response(), request_id, entry, ctx))
+            }
+        }
+    }
+}
+
+/// `Proxy::forward` for a planned request: the same retries, on the inline client.
+async fn forward(
+    pool: &Pool,
+    up: &[u8],
+    head_only: bool,
+    idempotent: bool,
+    ctx: &mut Ctx,
+) -> Result<(h1::Head, h1::Conn, InFlight), ProxyError> {
+    // The head is kept, so any failed attempt can be sent again.
+    let resendable = pool.retries > 0 && pool.backends.len() > 1 && idempotent;
+    let mut attempts = super::Attempts::new(pool);
+    loop {
+        let (i, conn, in_flight) = attempts.connect(true, ctx).await?;
+        let Sender::Inline(mut c) = conn.sender else {
+            unreachable!("an inline checkout yields an inline connection")
+        };
+        let sent = tokio::time::timeout(pool.timeouts.response, c.exchange(up, head_only)).await;
+        let failed = match sent {
+            Ok(Ok(head)) => return Ok((head, c, in_flight)),
+            Ok(Err(f)) => f,
+            Err(_elapsed) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    backend: pool.backends[i].label.clone(),
+                    timeout: pool.timeouts.response,
+                });
+            }
+        };
+        if conn.reused && is_stale(failed.sent, idempotent, &failed.error) {
+            continue;
+        }
+        if failed.sent && !resendable {
+            return Err(ProxyError::UpstreamProtocol {
+                backend: pool.backends[i].label.clone(),
+                source: failed.error,
+            });
+        }
+        attempts.failed(i, failed.error)?;
+    }
+}
+
+/// Write the client's response head for the backend's `head` into `out`; returns the
+/// body's length, `None` for chunked.
+fn client_head(
+    head: &h1::Head,
+    fields: &[h1::Field],
+    request_id: &HeaderValue,
+    head_only: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Option<u64> {
+    let bytes = &head.bytes[..];
+    let status = head.status;
+    let bodiless =
+        head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    for f in fields {
+        let name = f.name(bytes);
+        match f.known {
+            k if k.is_hop_by_hop() => continue,
+            Known::XRequestId => continue,
+            // The body's framing is the proxy's to state, except where there is no body:
+            // then the length describes what a GET would have returned.
+            Known::ContentLength if !bodiless || head.coded => continue,
+            Known::Date => dated = true,
+            _ => {}
+        }
+        let connection = fields
+            .iter()
+            .filter(|c| c.known == Known::Connection)
+            .map(|c| (c.name(bytes), c.value(bytes)));
+        if head.names_fields && named(connection, name) {
+            continue;
+        }
+        field(out, name, f.value(bytes));
+    }
+    if !dated {
+        field(out, b"date", wire::date().as_bytes());
+    }
+    field(out, b"x-request-id", request_id.as_bytes());
+    let length = if bodiless {
+        Some(0)
+    } else if let Some(n) = head.framing.size_hint().exact() {
+        out.extend_from_slice(b"content-length: ");
+        wire::decimal(out, n);
+        out.extend_from_slice(b"\r\n");
+        Some(n)
+    } else {
+        field(out, b"transfer-encoding", b"chunked");
+        None
+    };
+    if close {
+        field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    length
+}
+
+/// Whether a `Connection` value names a field beyond the usual `close`, `keep-alive` and
+/// `upgrade` (the last names a field the lane never takes).
+fn names_any(value: &[u8]) -> bool {
+    tokens(value).any(|t| !is_plain_token(t))
+}
+
+fn is_plain_token(t: &[u8]) -> bool {
+    t.eq_ignore_ascii_case(b"close")
+        || t.eq_ignore_ascii_case(b"keep-alive")
+        || t.eq_ignore_ascii_case(b"upgrade")
+}
+
+/// Whether a `Connection` field among `fields` names the field `name`; `Host` is never
+/// taken away this way.
+fn named<'a, N: AsRef<[u8]> + 'a>(
+    fields: impl Iterator<Item = (N, &'a [u8])>,
+    name: &[u8],
+) -> bool {
+    if name.eq_ignore_ascii_case(b"host") {
+        return false;
+    }
+    fields
+        .filter(|(n, _)| Known::of(n.as_ref()) == Known::Connection)
+        .flat_map(|(_, v)| tokens(v))
+        .any(|t| !is_plain_token(t) && t.eq_ignore_ascii_case(name))
+}
+
+/// RFC 3986 characters of an origin-form target: unreserved, sub-delims, `:`, `@`, `/`,
+/// `?` and `%`. A target with anything else goes the general way, where `http::Uri`
+/// decides.
+fn is_target_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_names_fields_but_never_host() {
+        let fields = [
+            ("Connection", &b"keep-alive, X-Secret"[..]),
+            ("connection", &b"host"[..]),
+        ];
+        let it = || fields.iter().map(|(n, v)| (n.as_bytes(), *v));
+        assert!(named(it(), b"x-secret"));
+        assert!(!named(it(), b"host"));
+        assert!(!named(it(), b"keep-alive"));
+        assert!(!named(it(), b"x-other"));
+        assert!(names_any(b"close, x-a"));
+        assert!(!names_any(b"Keep-Alive, close"));
+    }
+
+    #[test]
+    fn targets_of_rfc_3986_characters_only() {
+        assert!("/a/b?c=d&e=%20".bytes().all(is_target_char));
+        assert!(!"/a b".bytes().all(is_target_char));
+        assert!(!"/a\"b".bytes().all(is_target_char));
+        assert!(!"/a#b".bytes().all(is_target_char));
+    }
+}
