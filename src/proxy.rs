@@ -447,14 +447,16 @@ impl<'a> Target<'a> {
 
 /// Lower-case `raw` and drop its port (`[::1]:80` -> `[::1]`).
 fn host_name(raw: &str) -> Cow<'_, str> {
-    let name = if raw.starts_with('[') {
-        raw.find(']').map_or(raw, |i| &raw[..=i])
+    let b = raw.as_bytes();
+    let end = if b.first() == Some(&b'[') {
+        memchr::memchr(b']', b).map_or(b.len(), |i| i + 1)
     } else {
-        match raw.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => raw,
+        match memchr::memrchr(b':', b) {
+            Some(i) if b[i + 1..].iter().all(u8::is_ascii_digit) => i,
+            _ => b.len(),
         }
     };
+    let name = &raw[..end];
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(name.to_ascii_lowercase())
     } else {

@@ -523,7 +523,10 @@ impl Conn {
             }
             // A head that started since the timer was set may be due before it fires.
             if clock.take_rearm() {
-                let due = health::now_ms() + head.as_millis() as u64;
+                let mut due = health::now_ms() + head.as_millis() as u64;
+                if let Some(response) = clock.response_due() {
+                    due = due.min(response);
+                }
                 if due < armed {
                     armed = due;
                     timer.as_mut().reset(health::instant_at(due).into());
@@ -550,6 +553,9 @@ impl Conn {
                         armed = t;
                         timer.as_mut().reset(health::instant_at(t).into());
                     }
+                    // The lane sees the flag when polled again. The timer stays elapsed, so
+                    // the loop asks once more, and gets the next deadline.
+                    Verdict::ResponseLate => cx.waker().wake_by_ref(),
                 }
             }
             Poll::Pending

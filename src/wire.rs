@@ -142,6 +142,54 @@ pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// Field lines copied from a head as they came, consecutive ones in a single copy: a
+/// head whose fields all pass costs one copy instead of four per field.
+pub struct Lines<'a> {
+    head: &'a [u8],
+    /// The byte range of the kept lines not written yet.
+    run: Option<(usize, usize)>,
+}
+
+impl<'a> Lines<'a> {
+    /// Lines of `head`, which the fields' names and values must point into.
+    pub fn new(head: &'a [u8]) -> Lines<'a> {
+        Lines { head, run: None }
+    }
+
+    /// Keep the field `name: value` (both slices of the head) for `out`.
+    pub fn keep(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        let start = span(self.head, name).0;
+        let value_end = span(self.head, value).1;
+        let rest = &self.head[value_end..];
+        // The line ends at its LF; one ending in a bare LF is written out afresh.
+        let end = match rest {
+            [b'\r', b'\n', ..] => Some(value_end + 2),
+            _ => memchr::memchr(b'\n', rest)
+                .filter(|&i| i > 0 && rest[i - 1] == b'\r')
+                .map(|i| value_end + i + 1),
+        };
+        let Some(end) = end else {
+            self.flush(out);
+            field(out, name, value);
+            return;
+        };
+        match &mut self.run {
+            Some((_, e)) if *e == start => *e = end,
+            _ => {
+                self.flush(out);
+                self.run = Some((start, end));
+            }
+        }
+    }
+
+    /// Write the lines kept so far.
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some((s, e)) = self.run.take() {
+            out.extend_from_slice(&self.head[s..e]);
+        }
+    }
+}
+
 /// Where a field's value lies in the head it was parsed from, as a byte range.
 pub fn span(head: &[u8], value: &[u8]) -> (usize, usize) {
     let start = value.as_ptr() as usize - head.as_ptr() as usize;
@@ -218,6 +266,21 @@ mod tests {
         assert_eq!(Known::of(b"te"), Known::Te);
         assert_eq!(Known::of(b"tf"), Known::Other);
         assert_eq!(Known::of(b"x-request-ids"), Known::Other);
+    }
+
+    #[test]
+    fn kept_lines_are_copied_in_runs() {
+        let head = b"GET / HTTP/1.1\r\nA: 1\r\nB:2  \r\nDrop: x\r\nC: 3\nD: 4\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; 8];
+        let mut r = httparse::Request::new(&mut slots);
+        r.parse(head).unwrap();
+        let mut out = Vec::new();
+        let mut lines = Lines::new(head);
+        for h in r.headers.iter().filter(|h| h.name != "Drop") {
+            lines.keep(&mut out, h.name.as_bytes(), h.value);
+        }
+        lines.flush(&mut out);
+        assert_eq!(out, b"A: 1\r\nB:2  \r\nC: 3\r\nD: 4\r\n");
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 use support::*;
 
 fn switchyard(args: &[&str]) -> std::process::Output {
@@ -151,12 +152,17 @@ async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
     };
     let got = get(&format!("http://{addr}/hello?x=1")).await;
     assert_eq!(got.status, 200);
-    let worker_threads = std::fs::read_dir(format!("/proc/{}/task", child.id()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("switchyard-"))
-        .count();
-    assert_eq!(worker_threads, 2, "worker 0 runs on the main thread");
+    // A thread takes its name once it runs, which may be after worker 0 is listening.
+    let pid = child.id();
+    let worker_threads = move || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("switchyard-"))
+            .count()
+    };
+    eventually(Duration::from_secs(5), || async { worker_threads() >= 2 }).await;
+    assert_eq!(worker_threads(), 2, "worker 0 runs on the main thread");
 
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();

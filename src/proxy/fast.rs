@@ -28,19 +28,52 @@ use crate::error::ProxyError;
 use crate::pool::{InFlight, Pool};
 use crate::router::Fields;
 use crate::router::path;
+use crate::server::stream::Clock;
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, Recv, Sender, h1};
-use crate::wire::{self, Known, field, has_token, tokens};
+use crate::wire::{self, Known, Lines, field, has_token, tokens};
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use std::borrow::Cow;
+use std::future::poll_fn;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 /// A request head as the lane parsed it.
 pub struct Request<'a> {
+    /// The head's bytes, which `target` and `headers` point into.
+    pub head: &'a [u8],
     pub method: Method,
     /// Origin-form (the lane checked it starts with `/`).
     pub target: &'a str,
     pub headers: &'a [httparse::Header<'a>],
+    /// What each of `headers` is.
+    pub kinds: &'a [Known],
+}
+
+/// A request id: the client's, or one made here (kept as bytes until a `HeaderValue` is
+/// needed, which is only for the access log and error responses).
+enum RequestId {
+    Given(HeaderValue),
+    Made([u8; 32]),
+}
+
+impl RequestId {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(v) => v.as_bytes(),
+            RequestId::Made(b) => b,
+        }
+    }
+
+    fn into_value(self) -> HeaderValue {
+        match self {
+            RequestId::Given(v) => v,
+            RequestId::Made(b) => {
+                HeaderValue::from_bytes(&b).expect("hex digits are a valid header value")
+            }
+        }
+    }
 }
 
 impl Fields for Request<'_> {
@@ -61,7 +94,7 @@ impl Fields for Request<'_> {
 pub struct Plan {
     snap: Arc<Snapshot>,
     route: usize,
-    request_id: HeaderValue,
+    request_id: RequestId,
     head_only: bool,
     idempotent: bool,
     entry: Option<Box<Entry>>,
@@ -88,8 +121,8 @@ impl Proxy {
         let mut forwarded_for = false;
         let mut names_fields = false;
         let mut te_trailers = false;
-        for h in req.headers {
-            match Known::of(h.name.as_bytes()) {
+        for (h, kind) in req.headers.iter().zip(req.kinds) {
+            match kind {
                 Known::Host => {
                     hosts += 1;
                     host = Some(h.value);
@@ -105,8 +138,8 @@ impl Proxy {
             Some(h) if hosts == 1 && wire::is_visible(h) => std::str::from_utf8(h).ok()?,
             _ => return None,
         };
-        let (raw_path, query) = match req.target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
+        let (raw_path, query) = match memchr::memchr(b'?', req.target.as_bytes()) {
+            Some(i) => (&req.target[..i], Some(&req.target[i + 1..])),
             None => (req.target, None),
         };
         let path = path::normalize(raw_path).ok()?;
@@ -126,8 +159,8 @@ impl Proxy {
         }
 
         let request_id = match client_id {
-            Some(id) if !id.is_empty() => HeaderValue::from_bytes(id).ok()?,
-            _ => super::headers::new_request_id(),
+            Some(id) if !id.is_empty() => RequestId::Given(HeaderValue::from_bytes(id).ok()?),
+            _ => RequestId::Made(super::headers::new_request_id_bytes()),
         };
         up.clear();
         up.extend_from_slice(req.method.as_str().as_bytes());
@@ -143,25 +176,31 @@ impl Proxy {
             }
         }
         up.extend_from_slice(b" HTTP/1.1\r\n");
-        for h in req.headers {
+        let mut lines = Lines::new(req.head);
+        let connection = || {
+            req.headers
+                .iter()
+                .zip(req.kinds)
+                .filter(|(_, k)| **k == Known::Connection)
+                .map(|(h, _)| h.value)
+        };
+        for (h, kind) in req.headers.iter().zip(req.kinds) {
             let name = h.name.as_bytes();
-            match Known::of(name) {
+            match kind {
                 k if k.is_hop_by_hop() => continue,
                 Known::XForwardedFor | Known::XForwardedProto | Known::XForwardedHost => continue,
-                _ if names_fields && named(req.headers.iter().map(|h| (h.name, h.value)), name) => {
-                    continue;
-                }
-                _ => {}
+                _ if names_fields && named(connection(), name) => continue,
+                _ => lines.keep(up, name, h.value),
             }
-            field(up, name, h.value);
         }
+        lines.flush(up);
         if te_trailers {
             field(up, b"te", b"trailers");
         }
         up.extend_from_slice(b"x-forwarded-for: ");
         if forwarded_for {
-            for h in req.headers {
-                if Known::of(h.name.as_bytes()) == Known::XForwardedFor {
+            for (h, kind) in req.headers.iter().zip(req.kinds) {
+                if *kind == Known::XForwardedFor {
                     up.extend_from_slice(h.value);
                     up.extend_from_slice(b", ");
                 }
@@ -233,9 +272,16 @@ impl Proxy {
             pool: Some(pool.name.clone()),
             backend: None,
         };
-        match forward(pool, up, head_only, idempotent, &mut ctx).await {
+        match forward(&conn.clock, pool, up, head_only, idempotent, &mut ctx).await {
             Ok((head, c, in_flight)) => {
-                let length = client_head(&head, c.fields(), &request_id, head_only, close, out);
+                let length = client_head(
+                    &head,
+                    c.fields(),
+                    request_id.as_bytes(),
+                    head_only,
+                    close,
+                    out,
+                );
                 let status = head.status;
                 let inner =
                     upstream::Body::new(Recv::Inline(head.framing), Sender::Inline(c), in_flight);
@@ -245,12 +291,13 @@ impl Proxy {
                     e.route = ctx.route;
                     e.pool = ctx.pool;
                     e.backend = ctx.backend;
-                    e.request_id = Some(request_id);
+                    e.request_id = Some(request_id.into_value());
                     body.set_log(e);
                 }
                 Answer::Streamed { body, length }
             }
             Err(e) => {
+                let request_id = request_id.into_value();
                 log_error(&e, &ctx, conn, &request_id);
                 Answer::Failed(stamp(e.into_response(), request_id, entry, ctx))
             }
@@ -260,6 +307,7 @@ impl Proxy {
 
 /// `Proxy::forward` for a planned request: the same retries, on the inline client.
 async fn forward(
+    clock: &Clock,
     pool: &Pool,
     up: &[u8],
     head_only: bool,
@@ -274,11 +322,22 @@ async fn forward(
         let Sender::Inline(mut c) = conn.sender else {
             unreachable!("an inline checkout yields an inline connection")
         };
-        let sent = tokio::time::timeout(pool.timeouts.response, c.exchange(up, head_only)).await;
+        let sent = {
+            // The connection's driver times the wait (see `Clock::expect_response`): one
+            // timer per connection instead of one per request.
+            clock.expect_response(pool.timeouts.response);
+            let _arrived = ResponseArrived(clock);
+            let mut exchange = pin!(c.exchange(up, head_only));
+            poll_fn(|cx| match clock.response_late() {
+                true => Poll::Ready(None),
+                false => exchange.as_mut().poll(cx).map(Some),
+            })
+            .await
+        };
         let failed = match sent {
-            Ok(Ok(head)) => return Ok((head, c, in_flight)),
-            Ok(Err(f)) => f,
-            Err(_elapsed) => {
+            Some(Ok(head)) => return Ok((head, c, in_flight)),
+            Some(Err(f)) => f,
+            None => {
                 return Err(ProxyError::UpstreamTimeout {
                     backend: pool.backends[i].label.clone(),
                     timeout: pool.timeouts.response,
@@ -298,12 +357,21 @@ async fn forward(
     }
 }
 
+/// Ends the wait for a response head on the connection's clock, however the wait ends.
+struct ResponseArrived<'a>(&'a Clock);
+
+impl Drop for ResponseArrived<'_> {
+    fn drop(&mut self) {
+        self.0.response_arrived();
+    }
+}
+
 /// Write the client's response head for the backend's `head` into `out`; returns the
 /// body's length, `None` for chunked.
 fn client_head(
     head: &h1::Head,
     fields: &[h1::Field],
-    request_id: &HeaderValue,
+    request_id: &[u8],
     head_only: bool,
     close: bool,
     out: &mut Vec<u8>,
@@ -319,6 +387,13 @@ fn client_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
+    let mut lines = Lines::new(bytes);
+    let connection = || {
+        fields
+            .iter()
+            .filter(|c| c.known == Known::Connection)
+            .map(|c| c.value(bytes))
+    };
     for f in fields {
         let name = f.name(bytes);
         match f.known {
@@ -328,21 +403,16 @@ fn client_head(
             // then the length describes what a GET would have returned.
             Known::ContentLength if !bodiless || head.coded => continue,
             Known::Date => dated = true,
+            _ if head.names_fields && named(connection(), name) => continue,
             _ => {}
         }
-        let connection = fields
-            .iter()
-            .filter(|c| c.known == Known::Connection)
-            .map(|c| (c.name(bytes), c.value(bytes)));
-        if head.names_fields && named(connection, name) {
-            continue;
-        }
-        field(out, name, f.value(bytes));
+        lines.keep(out, name, f.value(bytes));
     }
+    lines.flush(out);
     if !dated {
         field(out, b"date", wire::date().as_bytes());
     }
-    field(out, b"x-request-id", request_id.as_bytes());
+    field(out, b"x-request-id", request_id);
     let length = if bodiless {
         Some(0)
     } else if let Some(n) = head.framing.size_hint().exact() {
@@ -373,19 +443,13 @@ fn is_plain_token(t: &[u8]) -> bool {
         || t.eq_ignore_ascii_case(b"upgrade")
 }
 
-/// Whether a `Connection` field among `fields` names the field `name`; `Host` is never
-/// taken away this way.
-fn named<'a, N: AsRef<[u8]> + 'a>(
-    fields: impl Iterator<Item = (N, &'a [u8])>,
-    name: &[u8],
-) -> bool {
+/// Whether one of the `Connection` values names the field `name`; `Host` is never taken
+/// away this way.
+fn named<'a>(mut connection: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> bool {
     if name.eq_ignore_ascii_case(b"host") {
         return false;
     }
-    fields
-        .filter(|(n, _)| Known::of(n.as_ref()) == Known::Connection)
-        .flat_map(|(_, v)| tokens(v))
-        .any(|t| !is_plain_token(t) && t.eq_ignore_ascii_case(name))
+    connection.any(|v| tokens(v).any(|t| !is_plain_token(t) && t.eq_ignore_ascii_case(name)))
 }
 
 /// RFC 3986 characters of an origin-form target: unreserved, sub-delims, `:`, `@`, `/`,
@@ -423,11 +487,8 @@ mod tests {
 
     #[test]
     fn connection_names_fields_but_never_host() {
-        let fields = [
-            ("Connection", &b"keep-alive, X-Secret"[..]),
-            ("connection", &b"host"[..]),
-        ];
-        let it = || fields.iter().map(|(n, v)| (n.as_bytes(), *v));
+        let values: [&[u8]; 2] = [b"keep-alive, X-Secret", b"host"];
+        let it = || values.iter().copied();
         assert!(named(it(), b"x-secret"));
         assert!(!named(it(), b"host"));
         assert!(!named(it(), b"keep-alive"));

@@ -205,13 +205,19 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
 
 /// A new random request id (32 hex digits).
 pub fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&new_request_id_bytes()).expect("hex digits are a valid header value")
+}
+
+/// The digits of a new random request id.
+pub fn new_request_id_bytes() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    let mut n = fastrand::u128(..);
-    for b in buf.iter_mut().rev() {
-        *b = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
+    let n = fastrand::u128(..).to_le_bytes();
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(n) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    buf
 }
 
 #[cfg(test)]

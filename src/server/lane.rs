@@ -124,6 +124,7 @@ async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    info.clock.lane_started();
     let mut b = Buffers {
         read: BytesMut::with_capacity(4096),
         out: Vec::with_capacity(1024),
@@ -233,8 +234,10 @@ fn parse(b: &mut Buffers, max: usize, proxy: &Proxy, info: &ConnInfo) -> Parsed 
         return Parsed::NotForLane;
     };
     let (mut close, mut trailers) = (false, false);
-    for h in r.headers.iter() {
-        match Known::of(h.name.as_bytes()) {
+    let mut kinds = [Known::Other; MAX_HEADERS];
+    for (h, kind) in r.headers.iter().zip(&mut kinds) {
+        *kind = Known::of(h.name.as_bytes());
+        match *kind {
             // A body (or its framing), an upgrade, or an expectation: hyper's.
             Known::ContentLength | Known::TransferEncoding | Known::Upgrade | Known::Expect => {
                 return Parsed::NotForLane;
@@ -245,9 +248,11 @@ fn parse(b: &mut Buffers, max: usize, proxy: &Proxy, info: &ConnInfo) -> Parsed 
         }
     }
     let req = fast::Request {
+        head: &buf[..len],
         method,
         target: path,
         headers: r.headers,
+        kinds: &kinds[..r.headers.len()],
     };
     if let Some(plan) = proxy.plan(&req, info, &mut b.up) {
         buf.advance(len);

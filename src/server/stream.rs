@@ -41,6 +41,14 @@ pub struct Clock {
     h2: AtomicBool,
     /// A head started: the driver's timer may now be due earlier than it is set.
     rearm: AtomicBool,
+    /// `server::lane` reads the connection and keeps heads in its own buffer, so no copy
+    /// is taken here until it hands the connection to hyper ([`Clock::replace_head`]).
+    lane: AtomicBool,
+    /// When the response head the lane's fast path waits for is due ([`now_ms`]; 0: none).
+    /// The driver's timer covers it, so a request needs no timer of its own.
+    response_due: AtomicU64,
+    /// The driver found `response_due` passed.
+    response_late: AtomicBool,
 }
 
 /// What the connection driver should do now.
@@ -52,6 +60,8 @@ pub enum Verdict {
     HeadTimeout,
     /// Idle too long: close gracefully.
     Idle,
+    /// The awaited response head is overdue: poll the connection, then look again.
+    ResponseLate,
 }
 
 impl Clock {
@@ -81,9 +91,39 @@ impl Clock {
         }
     }
 
+    /// `server::lane` serves the connection: it keeps heads itself.
+    pub fn lane_started(&self) {
+        self.lane.store(true, Relaxed);
+    }
+
+    /// A response head is expected within `timeout` from now; the driver's timer will set
+    /// [`Clock::response_late`] if it is not [`Clock::response_arrived`] by then.
+    pub fn expect_response(&self, timeout: Duration) {
+        self.response_late.store(false, Relaxed);
+        self.response_due
+            .store(now_ms() + timeout.as_millis() as u64, Relaxed);
+        self.rearm.store(true, Relaxed);
+    }
+
+    /// The awaited response head arrived (or the wait ended otherwise).
+    pub fn response_arrived(&self) {
+        self.response_due.store(0, Relaxed);
+    }
+
+    /// Whether the awaited response head is overdue.
+    pub fn response_late(&self) -> bool {
+        self.response_late.load(Relaxed)
+    }
+
+    /// When the awaited response head is due, if one is awaited.
+    pub fn response_due(&self) -> Option<u64> {
+        Some(self.response_due.load(Relaxed)).filter(|&t| t != 0)
+    }
+
     /// Make `bytes` the head copy: a head that hyper reads from a buffer rather than
     /// through the stream (after `server::lane` handed the connection over).
     pub fn replace_head(&self, bytes: &[u8]) {
+        self.lane.store(false, Relaxed);
         let mut head = self.head.lock().expect("head copy lock poisoned");
         head.clear();
         head.extend_from_slice(&bytes[..bytes.len().min(HEAD_COPY)]);
@@ -104,7 +144,18 @@ impl Clock {
         let (limit, verdict) = match self.phase.load(Relaxed) {
             HEAD => (head, Verdict::HeadTimeout),
             IDLE => (idle, Verdict::Idle),
-            _ => return Verdict::WaitUntil(now + idle.as_millis() as u64),
+            _ => {
+                let mut next = now + idle.as_millis() as u64;
+                if let Some(due) = self.response_due() {
+                    if now >= due {
+                        self.response_due.store(0, Relaxed);
+                        self.response_late.store(true, Relaxed);
+                        return Verdict::ResponseLate;
+                    }
+                    next = next.min(due);
+                }
+                return Verdict::WaitUntil(next);
+            }
         };
         let deadline = since + limit.as_millis() as u64;
         if now >= deadline {
@@ -129,11 +180,16 @@ impl Clock {
             HEAD => false,
             _ => return,
         };
-        let mut head = self.head.lock().expect("head copy lock poisoned");
         if start {
             self.since.store(now_ms(), Relaxed);
             self.phase.store(HEAD, Relaxed);
             self.rearm.store(true, Relaxed);
+        }
+        if self.lane.load(Relaxed) {
+            return;
+        }
+        let mut head = self.head.lock().expect("head copy lock poisoned");
+        if start {
             head.clear();
         }
         let room = HEAD_COPY.saturating_sub(head.len());
@@ -294,5 +350,24 @@ mod tests {
         c.on_read(b"GET");
         let started = c.since.load(Relaxed);
         assert_eq!(c.check(started + 100, head, idle), Verdict::HeadTimeout);
+    }
+
+    #[test]
+    fn an_awaited_response_is_timed_by_the_connection_clock() {
+        let c = Clock::new(false);
+        c.request_started();
+        let (head, idle) = (Duration::from_millis(100), Duration::from_secs(60));
+        c.expect_response(Duration::from_millis(500));
+        assert!(c.take_rearm(), "the driver is told to look at its timer");
+        let due = c.response_due().expect("a response is awaited");
+        assert_eq!(c.check(due - 1, head, idle), Verdict::WaitUntil(due));
+        assert!(!c.response_late());
+        assert_eq!(c.check(due, head, idle), Verdict::ResponseLate);
+        assert!(c.response_late());
+        assert_eq!(c.response_due(), None, "reported once");
+        c.expect_response(Duration::from_millis(500));
+        assert!(!c.response_late(), "a new wait starts on time");
+        c.response_arrived();
+        assert_eq!(c.response_due(), None);
     }
 }
