@@ -449,10 +449,11 @@ impl<'a> Target<'a> {
 fn host_name(raw: &str) -> Cow<'_, str> {
     let b = raw.as_bytes();
     let end = if b.first() == Some(&b'[') {
-        memchr::memchr(b']', b).map_or(b.len(), |i| i + 1)
+        b.iter().position(|&c| c == b']').map_or(b.len(), |i| i + 1)
     } else {
-        match memchr::memrchr(b':', b) {
-            Some(i) if b[i + 1..].iter().all(u8::is_ascii_digit) => i,
+        let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        match b.len() - digits {
+            colon @ 1.. if b[colon - 1] == b':' => colon - 1,
             _ => b.len(),
         }
     };
@@ -599,5 +600,8 @@ mod tests {
         assert_eq!(host_name("Shop.Example.com:8080"), "shop.example.com");
         assert_eq!(host_name("[::1]:8080"), "[::1]");
         assert_eq!(host_name("a.test"), "a.test");
+        assert_eq!(host_name("a.test:"), "a.test");
+        assert_eq!(host_name("1234"), "1234");
+        assert_eq!(host_name("a:b:80"), "a:b");
     }
 }

@@ -502,6 +502,7 @@ impl Conn {
         let mut timer = pin!(tokio::time::sleep_until(health::instant_at(first).into()));
         let mut graceful = false;
         let mut registered = false;
+        let mut poll_timer = true;
         poll_fn(|cx| {
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
@@ -530,9 +531,16 @@ impl Conn {
                 if due < armed {
                     armed = due;
                     timer.as_mut().reset(health::instant_at(due).into());
+                    poll_timer = true;
                 }
             }
-            while timer.as_mut().poll(cx).is_ready() {
+            // A timer is polled once after it is set, to register this task; after that
+            // it is polled only once elapsed (an atomic load), not on every wake-up.
+            while poll_timer || timer.is_elapsed() {
+                poll_timer = false;
+                if timer.as_mut().poll(cx).is_pending() {
+                    break;
+                }
                 match clock.check(health::now_ms(), head, idle) {
                     Verdict::HeadTimeout => {
                         tracing::debug!(timeout = ?head, "request head too slow; closing");
@@ -548,10 +556,12 @@ impl Conn {
                         timer
                             .as_mut()
                             .reset(health::instant_at(health::now_ms() + 86_400_000).into());
+                        poll_timer = true;
                     }
                     Verdict::WaitUntil(t) => {
                         armed = t;
                         timer.as_mut().reset(health::instant_at(t).into());
+                        poll_timer = true;
                     }
                     // The lane sees the flag when polled again. The timer stays elapsed, so
                     // the loop asks once more, and gets the next deadline.

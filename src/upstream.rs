@@ -50,7 +50,9 @@ pub enum Sender {
     H1(http1::SendRequest<RequestBody>),
     H2(http2::SendRequest<RequestBody>),
     /// An [`h1`] connection, driven by the request's task.
-    Inline(h1::Conn),
+    /// Boxed: the connection moves through several layers per request, a pointer is
+    /// cheaper to move than its buffers' headers.
+    Inline(Box<h1::Conn>),
 }
 
 /// A response body as it arrives: from hyper, or framed by the inline client.
@@ -157,7 +159,7 @@ impl<T> Idle<T> {
 #[derive(Default)]
 pub struct Endpoint {
     idle: Idle<http1::SendRequest<RequestBody>>,
-    inline: Idle<h1::Conn>,
+    inline: Idle<Box<h1::Conn>>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -189,14 +191,16 @@ impl Endpoint {
         inline: bool,
     ) -> Result<Conn, ConnectError> {
         if inline {
-            if let Some(c) = self.inline.take(h1::Conn::is_open) {
+            if let Some(c) = self.inline.take(|c| c.is_open()) {
                 return Ok(Conn {
                     sender: Sender::Inline(c),
                     reused: true,
                 });
             }
             return Ok(Conn {
-                sender: Sender::Inline(h1::Conn::new(connect_tcp(addr, how.timeout).await?)),
+                sender: Sender::Inline(Box::new(h1::Conn::new(
+                    connect_tcp(addr, how.timeout).await?,
+                ))),
                 reused: false,
             });
         }

@@ -313,7 +313,7 @@ async fn forward(
     head_only: bool,
     idempotent: bool,
     ctx: &mut Ctx,
-) -> Result<(h1::Head, h1::Conn, InFlight), ProxyError> {
+) -> Result<(h1::Head, Box<h1::Conn>, InFlight), ProxyError> {
     // The head is kept, so any failed attempt can be sent again.
     let resendable = pool.retries > 0 && pool.backends.len() > 1 && idempotent;
     let mut attempts = super::Attempts::new(pool);

@@ -210,15 +210,25 @@ pub fn new_request_id() -> HeaderValue {
 
 /// The digits of a new random request id.
 pub fn new_request_id_bytes() -> [u8; 32] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
     let n = fastrand::u128(..).to_le_bytes();
     for (pair, byte) in buf.chunks_exact_mut(2).zip(n) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     buf
 }
+
+/// Each byte value as two lower-case hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
@@ -288,6 +298,11 @@ mod tests {
         let a = request_id(&HeaderMap::new());
         let b = request_id(&HeaderMap::new());
         assert_eq!(a.len(), 32);
+        assert!(
+            a.as_bytes()
+                .iter()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        );
         assert_ne!(a, b);
     }
 }

@@ -25,6 +25,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if b.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    // Most paths have neither an escape nor a dot: one SIMD pass rules both out.
+    if memchr::memchr2(b'%', b'.', b).is_none() {
+        return Ok(Cow::Borrowed(path));
+    }
     let has_escape = memchr::memchr(b'%', b).is_some();
     if !has_escape && !has_dot_segment(path) {
         return Ok(Cow::Borrowed(path));
