@@ -25,8 +25,14 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if b.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    // Most paths have neither an escape nor a dot: one SIMD pass rules both out.
-    if memchr::memchr2(b'%', b'.', b).is_none() {
+    // Most paths have neither an escape nor a dot: one pass rules both out (a plain loop
+    // for the usual short path, where SIMD set-up costs more than it saves).
+    let special = if b.len() < 64 {
+        b.iter().any(|&c| c == b'%' || c == b'.')
+    } else {
+        memchr::memchr2(b'%', b'.', b).is_some()
+    };
+    if !special {
         return Ok(Cow::Borrowed(path));
     }
     let has_escape = memchr::memchr(b'%', b).is_some();
