@@ -2,12 +2,18 @@
 //!
 //! # Layout
 //! A request flows top to bottom through these modules:
-//! - [`server`]: listeners, client connections, limits, timeouts, graceful shutdown.
+//! - [`server`]: listeners, client connections, limits, timeouts, graceful shutdown. Plain
+//!   HTTP/1.1 requests without a body are read by the lane ([`server::lane`], httparse);
+//!   the lane hands a connection to hyper's server for anything else (bodies, upgrades,
+//!   HTTP/1.0), and HTTP/2 goes to hyper from the start.
 //! - [`proxy`]: the hot path. Reads the target, asks the [`router`], picks a backend from
 //!   the [`pool`] (with [`balance`]), forwards through [`upstream`] with retries, and turns
-//!   failures into responses ([`error`]) in one place.
+//!   failures into responses ([`error`]) in one place. The lane's requests to plain
+//!   HTTP/1.1 pools take [`proxy::fast`], which does the same on the request's bytes
+//!   without building `http` types; whatever it does not decide goes to [`proxy::Proxy::handle`].
 //! - [`upstream`]: backend connections and their pools: hyper's client, and for bodiless
 //!   requests to plain HTTP/1.1 backends the cheaper inline client ([`upstream::h1`]).
+//! - [`wire`]: the HTTP/1.1 byte helpers the lane, the fast path and the inline client share.
 //! - [`snapshot`]: the compiled, immutable config every request reads (one `ArcSwap`).
 //! - [`config`]: `routes.yaml` -> raw serde structs -> validated [`config::Config`].
 //! - [`health`]: passive ejection of failing backends.

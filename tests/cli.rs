@@ -169,8 +169,12 @@ async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
     stdout.read_line(&mut line).unwrap();
     let log: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(log["path"], "/hello?x=1");
+    assert_eq!(log["host"], addr.as_str());
+    assert_eq!(log["method"], "GET");
     assert_eq!(log["status"], 200);
+    assert_eq!(log["bytes"], got.body.len());
     assert_eq!(log["route"], "all");
+    assert_eq!(log["pool"], "p");
     assert_eq!(log["backend"], backend.addr.to_string());
     assert_eq!(log["request_id"], got.header("x-request-id"));
 

@@ -115,27 +115,9 @@ impl Proxy {
         if conn.redirect_https.is_some() || !req.target.bytes().all(is_target_char) {
             return None;
         }
-        let mut host = None;
-        let mut hosts = 0;
-        let mut client_id = None;
-        let mut forwarded_for = false;
-        let mut names_fields = false;
-        let mut te_trailers = false;
-        for (h, kind) in req.headers.iter().zip(req.kinds) {
-            match kind {
-                Known::Host => {
-                    hosts += 1;
-                    host = Some(h.value);
-                }
-                Known::XRequestId if client_id.is_none() => client_id = Some(h.value),
-                Known::XForwardedFor => forwarded_for = true,
-                Known::Connection => names_fields |= names_any(h.value),
-                Known::Te => te_trailers |= has_token(h.value, b"trailers"),
-                _ => {}
-            }
-        }
-        let raw_host = match host {
-            Some(h) if hosts == 1 && wire::is_visible(h) => std::str::from_utf8(h).ok()?,
+        let scan = Scan::of(req);
+        let raw_host = match scan.host {
+            Some(h) if scan.hosts == 1 && wire::is_visible(h) => std::str::from_utf8(h).ok()?,
             _ => return None,
         };
         let (raw_path, query) = match memchr::memchr(b'?', req.target.as_bytes()) {
@@ -158,7 +140,7 @@ impl Proxy {
             return None;
         }
 
-        let request_id = match client_id {
+        let request_id = match scan.client_id {
             Some(id) if !id.is_empty() => RequestId::Given(HeaderValue::from_bytes(id).ok()?),
             _ => RequestId::Made(super::headers::new_request_id_bytes()),
         };
@@ -176,49 +158,7 @@ impl Proxy {
             }
         }
         up.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut lines = Lines::new(req.head);
-        let connection = || {
-            req.headers
-                .iter()
-                .zip(req.kinds)
-                .filter(|(_, k)| **k == Known::Connection)
-                .map(|(h, _)| h.value)
-        };
-        for (h, kind) in req.headers.iter().zip(req.kinds) {
-            let name = h.name.as_bytes();
-            match kind {
-                k if k.is_hop_by_hop() => continue,
-                Known::XForwardedFor | Known::XForwardedProto | Known::XForwardedHost => continue,
-                _ if names_fields && named(connection(), name) => continue,
-                _ => lines.keep(up, name, h.value),
-            }
-        }
-        lines.flush(up);
-        if te_trailers {
-            field(up, b"te", b"trailers");
-        }
-        up.extend_from_slice(b"x-forwarded-for: ");
-        if forwarded_for {
-            for (h, kind) in req.headers.iter().zip(req.kinds) {
-                if *kind == Known::XForwardedFor {
-                    up.extend_from_slice(h.value);
-                    up.extend_from_slice(b", ");
-                }
-            }
-        }
-        up.extend_from_slice(conn.client_ip.as_bytes());
-        up.extend_from_slice(b"\r\n");
-        let proto: &[u8] = if conn.tls.is_some() {
-            b"https"
-        } else {
-            b"http"
-        };
-        field(up, b"x-forwarded-proto", proto);
-        field(up, b"x-forwarded-host", raw_host.as_bytes());
-        if client_id.is_none() {
-            field(up, b"x-request-id", request_id.as_bytes());
-        }
-        up.extend_from_slice(b"\r\n");
+        to_backend(req, &scan, conn, raw_host, &request_id, up);
 
         let entry = self.log.enabled().then(|| {
             let mut e = self.log.begin(
@@ -303,6 +243,97 @@ impl Proxy {
             }
         }
     }
+}
+
+/// What one pass over a request's fields found for the plan and the edits.
+struct Scan<'a> {
+    host: Option<&'a [u8]>,
+    hosts: usize,
+    /// The first `X-Request-Id` value.
+    client_id: Option<&'a [u8]>,
+    forwarded_for: bool,
+    /// `Connection` names fields beyond the usual tokens.
+    names_fields: bool,
+    te_trailers: bool,
+}
+
+impl<'a> Scan<'a> {
+    fn of(req: &Request<'a>) -> Scan<'a> {
+        let mut s = Scan {
+            host: None,
+            hosts: 0,
+            client_id: None,
+            forwarded_for: false,
+            names_fields: false,
+            te_trailers: false,
+        };
+        for (h, kind) in req.headers.iter().zip(req.kinds) {
+            match kind {
+                Known::Host => {
+                    s.hosts += 1;
+                    s.host = Some(h.value);
+                }
+                Known::XRequestId if s.client_id.is_none() => s.client_id = Some(h.value),
+                Known::XForwardedFor => s.forwarded_for = true,
+                Known::Connection => s.names_fields |= names_any(h.value),
+                Known::Te => s.te_trailers |= has_token(h.value, b"trailers"),
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// Append the request's fields for the backend to `up`, edited as `headers::to_backend`
+/// edits a header map, then the blank line.
+fn to_backend(
+    req: &Request<'_>,
+    scan: &Scan<'_>,
+    conn: &ConnInfo,
+    raw_host: &str,
+    request_id: &RequestId,
+    up: &mut Vec<u8>,
+) {
+    let fields = || req.headers.iter().zip(req.kinds);
+    let connection = || {
+        fields()
+            .filter(|(_, k)| **k == Known::Connection)
+            .map(|(h, _)| h.value)
+    };
+    let mut lines = Lines::new(req.head);
+    for (h, kind) in fields() {
+        let name = h.name.as_bytes();
+        match kind {
+            k if k.is_hop_by_hop() => continue,
+            Known::XForwardedFor | Known::XForwardedProto | Known::XForwardedHost => continue,
+            _ if scan.names_fields && named(connection(), name) => continue,
+            _ => lines.keep(up, name, h.value),
+        }
+    }
+    lines.flush(up);
+    if scan.te_trailers {
+        field(up, b"te", b"trailers");
+    }
+    up.extend_from_slice(b"x-forwarded-for: ");
+    if scan.forwarded_for {
+        for (h, _) in fields().filter(|(_, k)| **k == Known::XForwardedFor) {
+            up.extend_from_slice(h.value);
+            up.extend_from_slice(b", ");
+        }
+    }
+    up.extend_from_slice(conn.client_ip.as_bytes());
+    up.extend_from_slice(b"\r\n");
+    let proto: &[u8] = if conn.tls.is_some() {
+        b"https"
+    } else {
+        b"http"
+    };
+    field(up, b"x-forwarded-proto", proto);
+    field(up, b"x-forwarded-host", raw_host.as_bytes());
+    if scan.client_id.is_none() {
+        field(up, b"x-request-id", request_id.as_bytes());
+    }
+    up.extend_from_slice(b"\r\n");
 }
 
 /// `Proxy::forward` for a planned request: the same retries, on the inline client.
