@@ -135,7 +135,7 @@ impl Server {
             admin,
             workers,
         } = self;
-        let stop = CancellationToken::new();
+        let stop = Signal::default();
         let admin = admin.map(|l| {
             let l = TcpListener::from_std(l).expect("a bound socket registers with the runtime");
             tokio::spawn(admin::serve(l, shared.clone()))
@@ -183,7 +183,7 @@ impl Server {
         shutdown.await;
         shared.ready.store(false, Ordering::Relaxed);
         tracing::info!("shutting down: listeners closed, finishing requests in flight");
-        stop.cancel();
+        stop.fire();
         let _ = local.await;
         for t in threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -200,13 +200,13 @@ struct Worker {
     index: usize,
     shared: Arc<Shared>,
     proxy: Arc<Proxy>,
-    stop: CancellationToken,
+    stop: Signal,
 }
 
 impl Worker {
     async fn serve(self, sockets: Vec<(Arc<config::Listener>, std::net::TcpListener)>) {
         upstream::set_worker(self.index);
-        let kill = CancellationToken::new();
+        let kill = Signal::default();
         let conns = TaskTracker::new();
         let limits = Arc::new(self.shared.load().config.limits.clone());
         let accepts: Vec<_> = sockets
@@ -231,7 +231,7 @@ impl Worker {
                 tokio::spawn(ctx.run(listener))
             })
             .collect();
-        self.stop.cancelled().await;
+        self.stop.fired().await;
         for a in accepts {
             let _ = a.await;
         }
@@ -243,7 +243,7 @@ impl Worker {
                 ?grace,
                 "shutdown timeout reached; closing the rest"
             );
-            kill.cancel();
+            kill.fire();
             conns.wait().await;
         }
     }
@@ -283,8 +283,8 @@ struct Accept {
     shared: Arc<Shared>,
     listener: Arc<config::Listener>,
     limits: Arc<Limits>,
-    stop: CancellationToken,
-    kill: CancellationToken,
+    stop: Signal,
+    kill: Signal,
     conns: TaskTracker,
 }
 
@@ -303,11 +303,11 @@ impl Accept {
         loop {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-                _ = self.stop.cancelled() => break,
+                _ = self.stop.fired() => break,
             };
             let (tcp, peer) = tokio::select! {
                 a = accept(&listener) => a,
-                _ = self.stop.cancelled() => break,
+                _ = self.stop.fired() => break,
             };
             let conn = Conn {
                 proxy: self.proxy.clone(),
@@ -333,8 +333,8 @@ struct Conn {
     shared: Arc<Shared>,
     listener: Arc<config::Listener>,
     limits: Arc<Limits>,
-    stop: CancellationToken,
-    kill: CancellationToken,
+    stop: Signal,
+    kill: Signal,
     stats: Arc<ListenerStats>,
 }
 
@@ -492,8 +492,8 @@ impl Conn {
             self.limits.client_idle_timeout,
         );
         let mut conn = pin!(conn);
-        let mut stopping = pin!(self.stop.cancelled());
-        let mut killed = pin!(self.kill.cancelled());
+        let mut stopping = pin!(self.stop.fired());
+        let mut killed = pin!(self.kill.fired());
         let first = match clock.check(health::now_ms(), head, idle) {
             Verdict::WaitUntil(t) => t,
             _ => health::now_ms(),
@@ -514,10 +514,10 @@ impl Conn {
                 let _ = stopping.as_mut().poll(cx);
                 let _ = killed.as_mut().poll(cx);
             }
-            if self.kill.is_cancelled() {
+            if self.kill.is_fired() {
                 return Poll::Ready(None);
             }
-            if !graceful && self.stop.is_cancelled() {
+            if !graceful && self.stop.is_fired() {
                 graceful = true;
                 conn.as_mut().graceful_shutdown();
                 cx.waker().wake_by_ref();
@@ -571,6 +571,35 @@ impl Conn {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// A one-way signal (stop accepting, or cut connections): a flag that every connection
+/// reads on each wake-up, and a token to await. Not `CancellationToken::is_cancelled`
+/// alone: that takes a mutex, and `stop` is shared by every worker thread.
+#[derive(Clone, Default)]
+struct Signal(Arc<SignalInner>);
+
+#[derive(Default)]
+struct SignalInner {
+    fired: std::sync::atomic::AtomicBool,
+    token: CancellationToken,
+}
+
+impl Signal {
+    /// Set the flag, then wake whoever awaits: a task woken by the token sees the flag.
+    fn fire(&self) {
+        self.0.fired.store(true, Ordering::Release);
+        self.0.token.cancel();
+    }
+
+    fn is_fired(&self) -> bool {
+        self.0.fired.load(Ordering::Acquire)
+    }
+
+    /// Resolves once fired.
+    fn fired(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.0.token.cancelled()
     }
 }
 

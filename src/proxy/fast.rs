@@ -120,7 +120,8 @@ impl Proxy {
             Some(h) if scan.hosts == 1 && wire::is_visible(h) => std::str::from_utf8(h).ok()?,
             _ => return None,
         };
-        let (raw_path, query) = match memchr::memchr(b'?', req.target.as_bytes()) {
+        // A plain loop: targets are short, and SIMD set-up would cost more than the search.
+        let (raw_path, query) = match req.target.bytes().position(|b| b == b'?') {
             Some(i) => (&req.target[..i], Some(&req.target[i + 1..])),
             None => (req.target, None),
         };
