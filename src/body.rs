@@ -53,6 +53,11 @@ impl Body {
         }
     }
 
+    /// Count `n` bytes of this body that went out ahead of it (copied behind the head).
+    pub fn sent_ahead(&mut self, n: u64) {
+        self.sent += n;
+    }
+
     /// Log `entry` once this body has been sent (or abandoned).
     pub fn set_log(&mut self, entry: Box<access_log::Entry>) {
         self.log = Some(entry);

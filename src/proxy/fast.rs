@@ -39,6 +39,9 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+/// Bodies up to this size that arrive with their head are copied behind the client's head.
+const WHOLE_BODY: usize = 16 * 1024;
+
 /// A request head as the lane parsed it.
 pub struct Request<'a> {
     /// The head's bytes, which `target` and `headers` point into.
@@ -102,7 +105,8 @@ pub struct Plan {
 
 /// How the fast path answered.
 pub enum Answer {
-    /// The response head is written; `body` follows, `length` bytes or chunked (`None`).
+    /// The response head (and perhaps all of the body) is in `out`; `body` follows,
+    /// `length` more bytes, or chunked (`None`).
     Streamed { body: Body, length: Option<u64> },
     /// Forwarding failed: this error response, for the lane's general writer.
     Failed(Response<Body>),
@@ -214,7 +218,7 @@ impl Proxy {
             backend: None,
         };
         match forward(&conn.clock, pool, up, head_only, idempotent, &mut ctx).await {
-            Ok((head, c, in_flight)) => {
+            Ok((head, mut c, in_flight)) => {
                 let length = client_head(
                     &head,
                     c.fields(),
@@ -224,9 +228,17 @@ impl Proxy {
                     out,
                 );
                 let status = head.status;
+                let mut framing = head.framing;
+                // A small body that came with the head goes out in the same write; the
+                // connection is back in its pool before the client's write.
+                let ahead = framing.copy_whole(&mut c, WHOLE_BODY, out);
+                let length = length.map(|n| n - ahead.unwrap_or(0) as u64);
                 let inner =
-                    upstream::Body::new(Recv::Inline(head.framing), Sender::Inline(c), in_flight);
+                    upstream::Body::new(Recv::Inline(framing), Sender::Inline(c), in_flight);
                 let mut body = Body::upstream(inner);
+                if let Some(n) = ahead {
+                    body.sent_ahead(n as u64);
+                }
                 if let Some(mut e) = entry {
                     e.status = status.as_u16();
                     e.route = ctx.route;

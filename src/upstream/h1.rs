@@ -354,6 +354,28 @@ impl Framing {
         matches!(self.kind, Kind::Done)
     }
 
+    /// Append the rest of the body to `out` if it is framed by length, at most `limit`
+    /// bytes, and already read: the usual small response that arrives with its head,
+    /// written behind the client's head without passing through body frames. Returns the
+    /// bytes appended; the framing is then at its end.
+    pub fn copy_whole(
+        &mut self,
+        conn: &mut Conn,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
+        let Kind::Length(n) = self.kind else {
+            return None;
+        };
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= limit && n <= conn.buf.len())?;
+        out.extend_from_slice(&conn.buf[..n]);
+        conn.buf.advance(n);
+        self.kind = Kind::Done;
+        Some(n)
+    }
+
     /// After the end: whether `conn` may carry the next exchange.
     pub fn reusable(&self, conn: &Conn) -> bool {
         self.is_end() && !self.close && conn.buf.is_empty()
