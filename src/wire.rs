@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most header fields accepted in one head (hyper's default).
@@ -215,24 +215,20 @@ pub fn header_map(
 }
 
 thread_local! {
-    static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
+    /// The second last formatted, and its `Date` value (always 29 bytes).
+    static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
 }
 
-/// The current time as an HTTP `Date` value, formatted at most once a second per thread.
-pub fn date() -> HeaderValue {
+/// Append a `Date` field for now, the value formatted at most once a second per thread.
+pub fn date_field(out: &mut Vec<u8>) {
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs {
-            let text = httpdate::fmt_http_date(now);
-            *d = (
-                secs,
-                HeaderValue::from_str(&text).expect("an HTTP date is a valid value"),
-            );
-        }
-        d.1.clone()
-    })
+    let (cached, mut text) = DATE.get();
+    if cached != secs {
+        text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
+        DATE.set((secs, text));
+    }
+    field(out, b"date", &text);
 }
 
 #[cfg(test)]
@@ -294,8 +290,13 @@ mod tests {
 
     #[test]
     fn dates_look_like_http_dates() {
-        let d = date();
-        let d = d.to_str().unwrap();
-        assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
+        let mut out = Vec::new();
+        date_field(&mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.starts_with("date: ") && line.ends_with(" GMT\r\n"),
+            "{line}"
+        );
+        assert_eq!(line.len(), "date: ".len() + 29 + 2, "{line}");
     }
 }

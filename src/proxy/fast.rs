@@ -454,7 +454,7 @@ fn client_head(
     }
     lines.flush(out);
     if !dated {
-        field(out, b"date", wire::date().as_bytes());
+        wire::date_field(out);
     }
     field(out, b"x-request-id", request_id);
     let length = if bodiless {

@@ -328,7 +328,7 @@ async fn write<T: AsyncWrite + Unpin>(
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !dated {
-        field(out, b"date", wire::date().as_bytes());
+        wire::date_field(out);
     }
     let bodiless = head_only
         || status.is_informational()
