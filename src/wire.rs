@@ -1,6 +1,6 @@
-//! HTTP/1.1 bytes shared by the two places that read them without hyper: the inline
-//! upstream client (`upstream::h1`) and the server's fast lane (`server::lane`). Parsing
-//! itself is httparse's; this is what comes after it.
+//! HTTP/1.1 bytes shared by the places that read and write them without hyper: the
+//! server's lane (`server::lane`), the fast path (`proxy::fast`) and the inline upstream
+//! client (`upstream::h1`). Parsing itself is httparse's; this is what comes after it.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};

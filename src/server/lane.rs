@@ -1,17 +1,19 @@
-//! The HTTP/1.1 fast lane: simple requests served without hyper's server.
+//! The HTTP/1.1 lane: simple requests served without hyper's server.
 //!
-//! Why: after the upstream side went inline (`upstream::h1`), hyper's HTTP/1.1 server was
-//! the largest cost per request left, about 10k of 25k instructions (bench/README.md).
-//! For the requests that make up most of a proxy's traffic the lane parses the head with
-//! httparse, hands the parts to [`Proxy::handle_parts`] like hyper would, and writes the
-//! response head and a small body in one write.
+//! Why: with the upstream side inline (`upstream::h1`), hyper's HTTP/1.1 server and the
+//! `http` types built for it were most of the cost per request (bench/README.md). The lane
+//! parses the head with httparse and first offers it to the fast path
+//! ([`Proxy::plan`] / [`Proxy::fast`]), which routes and rewrites it on its bytes; what the
+//! fast path declines, the lane turns into `http` parts for [`Proxy::handle_parts`], as
+//! hyper would. Either way the response head and a small body leave in one write.
 //!
 //! It takes only HTTP/1.1 requests with an origin-form target and no body, `Upgrade` or
 //! `Expect`, within the head limits. The first request that is anything else, or does not
 //! parse, hands the connection with every byte read so far to hyper for the rest of its
 //! life, and hyper answers it exactly as before (400, 431, bodies, upgrades, HTTP/1.0).
-//! `server::drive` runs the lane as it runs hyper: the head and idle timeouts come from
-//! the connection's [`Clock`](super::stream::Clock), shutdown from [`Lane::graceful_shutdown`].
+//! `server::drive` runs the lane as it runs hyper: the head and idle timeouts, and the fast
+//! path's response deadline, come from the connection's [`Clock`](super::stream::Clock),
+//! shutdown from [`Lane::graceful_shutdown`].
 
 use super::stream::Finished;
 use crate::body::Body;
