@@ -127,6 +127,15 @@ pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Append an HTTP/1.1 status line for `status`, with its canonical reason phrase.
+pub fn status_line(out: &mut Vec<u8>, status: http::StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Append `n` in decimal.
 pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];

@@ -425,11 +425,7 @@ fn client_head(
     let bodiless =
         head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    wire::status_line(out, status);
     let mut dated = false;
     let mut lines = Lines::new(bytes);
     let connection = || {

@@ -309,11 +309,7 @@ async fn write<T: AsyncWrite + Unpin>(
     let mut length = None;
     let mut dated = false;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    wire::status_line(out, status);
     for (name, value) in &parts.headers {
         if *name == CONNECTION {
             keep_alive &= !wire::has_token(value.as_bytes(), b"close");
