@@ -138,6 +138,7 @@ async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut guard = KillOnDrop(Some(child.id()));
     // Readiness: the "listening" log line carries the bound address.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
@@ -187,5 +188,20 @@ async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap()
         .unwrap();
+    guard.0 = None;
     assert_eq!(status.code(), Some(0));
+}
+
+/// Kills a child process on drop unless disarmed, so a failed assertion does not leave
+/// the proxy running (the child is not reaped until then, so its PID cannot be reused).
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
 }
