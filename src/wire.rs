@@ -136,6 +136,22 @@ pub fn status_line(out: &mut Vec<u8>, status: http::StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Append `n` in lower-case hex (a chunk size).
+pub fn hex(out: &mut Vec<u8>, n: u64) {
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+/// Whether a `Connection` token names a field to remove, rather than being one of the
+/// options `close` and `keep-alive`, or `upgrade` (whose field is hop-by-hop anyway).
+pub fn names_field(token: &[u8]) -> bool {
+    !(token.eq_ignore_ascii_case(b"close")
+        || token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"upgrade"))
+}
+
 /// Append `n` in decimal.
 pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -286,6 +302,15 @@ mod tests {
         }
         lines.flush(&mut out);
         assert_eq!(out, b"A: 1\r\nB:2  \r\nC: 3\r\nD: 4\r\n");
+    }
+
+    #[test]
+    fn hex_chunk_sizes() {
+        for n in [0u64, 9, 10, 255, 256, 4096, 0x1f_ffff, u64::MAX] {
+            let mut out = Vec::new();
+            hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}").as_bytes());
+        }
     }
 
     #[test]

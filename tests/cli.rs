@@ -3,7 +3,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::*;
 
@@ -131,26 +131,8 @@ async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        // Three workers, each with its own SO_REUSEPORT socket on the same port.
-        .args(["--config", config.to_str().unwrap(), "--workers", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = KillOnDrop(Some(child.id()));
-    // Readiness: the "listening" log line carries the bound address.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "exited before listening"
-        );
-        if let Some(i) = line.find("addr=") {
-            break line[i + 5..].trim().to_string();
-        }
-    };
+    // Three workers, each with its own SO_REUSEPORT socket on the same port.
+    let (mut child, guard, addr) = start_binary(&config, 3);
     let got = get(&format!("http://{addr}/hello?x=1")).await;
     assert_eq!(got.status, 200);
     // A thread takes its name once it runs, which may be after worker 0 is listening.
@@ -179,6 +161,78 @@ async fn the_binary_proxies_logs_json_and_stops_cleanly_on_sigterm() {
     assert_eq!(log["backend"], backend.addr.to_string());
     assert_eq!(log["request_id"], got.header("x-request-id"));
 
+    stop_binary(child, guard).await;
+}
+
+#[tokio::test]
+async fn the_common_log_carries_referer_and_user_agent() {
+    let backend = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{name: web, bind: \"127.0.0.1:0\"}}]\n\
+             access_log: common\n\
+             pools: {{p: {{backends: [{{addr: \"{}\"}}]}}}}\n\
+             routes: [{{name: all, pool: p}}]\n",
+            backend.addr
+        ),
+    )
+    .unwrap();
+    let (mut child, guard, addr) = start_binary(&config, 1);
+    let got = send(
+        http::Request::get(format!("http://{addr}/page?q=1"))
+            .header("referer", "https://ref.test/a")
+            .header("user-agent", "probe/1.0")
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let tail = format!(
+        "\"GET /page?q=1 HTTP/1.1\" 200 {} \"https://ref.test/a\" \"probe/1.0\"\n",
+        got.body.len()
+    );
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.ends_with(&tail), "{line}");
+    stop_binary(child, guard).await;
+}
+
+/// The binary on `config` with `workers` workers, once it is listening: the child, a guard
+/// that kills it if the test fails before [`stop_binary`], and the listener's address.
+fn start_binary(config: &Path, workers: u16) -> (Child, KillOnDrop, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--workers", &workers.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(Some(child.id()));
+    // Readiness: the "listening" log line carries the bound address.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "exited before listening"
+        );
+        if let Some(i) = line.find("addr=") {
+            break line[i + 5..].trim().to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, guard, addr)
+}
+
+/// SIGTERM, and the binary exits 0.
+async fn stop_binary(mut child: Child, mut guard: KillOnDrop) {
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

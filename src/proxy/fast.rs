@@ -471,16 +471,9 @@ fn client_head(
     length
 }
 
-/// Whether a `Connection` value names a field beyond the usual `close`, `keep-alive` and
-/// `upgrade` (the last names a field the lane never takes).
+/// Whether a `Connection` value names any field.
 fn names_any(value: &[u8]) -> bool {
-    tokens(value).any(|t| !is_plain_token(t))
-}
-
-fn is_plain_token(t: &[u8]) -> bool {
-    t.eq_ignore_ascii_case(b"close")
-        || t.eq_ignore_ascii_case(b"keep-alive")
-        || t.eq_ignore_ascii_case(b"upgrade")
+    tokens(value).any(wire::names_field)
 }
 
 /// Whether one of the `Connection` values names the field `name`; `Host` is never taken
@@ -489,7 +482,7 @@ fn named<'a>(mut connection: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> boo
     if name.eq_ignore_ascii_case(b"host") {
         return false;
     }
-    connection.any(|v| tokens(v).any(|t| !is_plain_token(t) && t.eq_ignore_ascii_case(name)))
+    connection.any(|v| tokens(v).any(|t| wire::names_field(t) && t.eq_ignore_ascii_case(name)))
 }
 
 /// RFC 3986 characters of an origin-form target: unreserved, sub-delims, `:`, `@`, `/`,

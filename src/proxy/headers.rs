@@ -8,6 +8,7 @@
 //! is kept, since HTTP/1.1 only carries the trailer fields that it declares.
 
 use super::ConnInfo;
+use crate::wire;
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -83,19 +84,15 @@ fn strip_present(h: &mut HeaderMap, p: Present) -> Hop {
         let mut wants_upgrade = false;
         let mut named: Vec<HeaderName> = Vec::new();
         for v in h.get_all(&CONNECTION) {
-            let Ok(v) = v.to_str() else { continue };
-            for t in v.split(',').map(str::trim) {
-                // The common tokens name nothing that is not removed anyway.
-                if t.eq_ignore_ascii_case("keep-alive") || t.eq_ignore_ascii_case("close") {
-                    continue;
-                }
-                if t.eq_ignore_ascii_case("upgrade") {
+            for t in wire::tokens(v.as_bytes()) {
+                if t.eq_ignore_ascii_case(b"upgrade") {
                     wants_upgrade = true;
-                } else if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                } else if wire::names_field(t)
+                    && let Ok(n) = HeaderName::from_bytes(t)
                     // Naming Host would take the request's target away.
-                    if n != HOST {
-                        named.push(n);
-                    }
+                    && n != HOST
+                {
+                    named.push(n);
                 }
             }
         }

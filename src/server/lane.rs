@@ -88,15 +88,21 @@ struct Head {
     trailers: bool,
 }
 
-/// What the bytes at the front of the buffer are.
-enum Parsed {
-    /// A request the fast path took; the head for the backend is in the `up` buffer.
+/// A request the lane serves.
+enum Ready {
+    /// Taken by the fast path; the head for the backend is in the `up` buffer.
     Fast {
         plan: fast::Plan,
         close: bool,
         trailers: bool,
     },
+    /// For [`Proxy::handle_parts`].
     Head(Box<Head>),
+}
+
+/// What the bytes at the front of the buffer are.
+enum Parsed {
+    Ready(Ready),
     Partial,
     /// Valid for hyper only, or invalid: hyper answers it.
     NotForLane,
@@ -134,8 +140,9 @@ where
         fields: Vec::new(),
     };
     loop {
-        let parsed = loop {
+        let ready = loop {
             match parse(&mut b, max_head, &proxy, &info) {
+                Parsed::Ready(ready) => break ready,
                 Parsed::Partial => {}
                 Parsed::NotForLane => {
                     // hyper re-reads these bytes from the buffer, not through the clock's
@@ -151,7 +158,6 @@ where
                     let _ = write(&mut io, resp, false, true, false, &mut b.out).await;
                     return Outcome::Done;
                 }
-                parsed => break parsed,
             }
             let buf = &mut b.read;
             let read = poll_fn(|cx| {
@@ -170,8 +176,8 @@ where
             }
         };
         info.clock.request_started();
-        let written = match parsed {
-            Parsed::Fast {
+        let written = match ready {
+            Ready::Fast {
                 plan,
                 close,
                 trailers,
@@ -191,7 +197,7 @@ where
                     }
                 }
             }
-            Parsed::Head(head) => {
+            Ready::Head(head) => {
                 let Head {
                     parts,
                     close,
@@ -204,7 +210,6 @@ where
                 };
                 write(&mut io, resp, head_only, close, trailers, &mut b.out).await
             }
-            _ => unreachable!("the read loop only ends on a request"),
         };
         match written {
             Ok(true) if !closing.load(Relaxed) => {}
@@ -258,11 +263,11 @@ fn parse(b: &mut Buffers, max: usize, proxy: &Proxy, info: &ConnInfo) -> Parsed 
     };
     if let Some(plan) = proxy.plan(&req, info, &mut b.up) {
         buf.advance(len);
-        return Parsed::Fast {
+        return Parsed::Ready(Ready::Fast {
             plan,
             close,
             trailers,
-        };
+        });
     }
     let method = req.method;
     let fields = &mut b.fields;
@@ -287,11 +292,11 @@ fn parse(b: &mut Buffers, max: usize, proxy: &Proxy, info: &ConnInfo) -> Parsed 
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = headers;
-    Parsed::Head(Box::new(Head {
+    Parsed::Ready(Ready::Head(Box::new(Head {
         parts,
         close,
         trailers,
-    }))
+    })))
 }
 
 /// Write `resp`; `Ok(true)` when the connection may carry another request.
@@ -337,7 +342,9 @@ async fn write<T: AsyncWrite + Unpin>(
     } else if length.is_some() {
         length
     } else if let Some(n) = body.size_hint().exact() {
-        field(out, b"content-length", n.to_string().as_bytes());
+        out.extend_from_slice(b"content-length: ");
+        wire::decimal(out, n);
+        out.extend_from_slice(b"\r\n");
         Some(n)
     } else {
         field(out, b"transfer-encoding", b"chunked");
@@ -403,7 +410,8 @@ async fn write_body<T: AsyncWrite + Unpin>(
                 put(io, out, data).await?;
             }
             None => {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                wire::hex(out, data.len() as u64);
+                out.extend_from_slice(b"\r\n");
                 put(io, out, data).await?;
                 out.extend_from_slice(b"\r\n");
             }

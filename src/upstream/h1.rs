@@ -246,7 +246,7 @@ impl Conn {
                                 close = true;
                             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                                 close = false;
-                            } else {
+                            } else if wire::names_field(token) {
                                 names_fields = true;
                             }
                         }
