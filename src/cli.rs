@@ -232,8 +232,12 @@ fn run(args: &RunArgs, demo: bool) -> anyhow::Result<()> {
     let path = &args.config.config;
     if demo {
         for (cert, key) in config::missing_certificates(path) {
-            crate::tls::generate_self_signed(&cert, &key, &["localhost", "127.0.0.1", "::1"])
-                .map_err(|e| anyhow::anyhow!("cannot generate a demo certificate: {e}"))?;
+            crate::tls::certs::generate_self_signed(
+                &cert,
+                &key,
+                &["localhost", "127.0.0.1", "::1"],
+            )
+            .map_err(|e| anyhow::anyhow!("cannot generate a demo certificate: {e}"))?;
             tracing::info!(cert = %cert.display(), key = %key.display(), "generated a self-signed localhost certificate");
         }
     }

@@ -3,29 +3,14 @@
 //! 5 min). The state is atomics inside the backend's shared state, so it survives reloads.
 // TODO(#health): active checks and 5xx ejection slot in here.
 
-use std::sync::OnceLock;
+use crate::clock::now_ms;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Connect failures in a row that eject a backend.
 pub const EJECT_AFTER: u32 = 5;
 const BASE_EJECTION: Duration = Duration::from_secs(30);
 const MAX_EJECTION: Duration = Duration::from_secs(300);
-
-fn start() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
-}
-
-/// Milliseconds since the process started: a clock that fits in an atomic.
-pub fn now_ms() -> u64 {
-    start().elapsed().as_millis() as u64
-}
-
-/// The instant `ms` milliseconds after the process started.
-pub fn instant_at(ms: u64) -> Instant {
-    start() + Duration::from_millis(ms)
-}
 
 /// Passive health of one backend.
 #[derive(Debug, Default)]

@@ -31,6 +31,7 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod echo;
 pub mod error;

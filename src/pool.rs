@@ -232,7 +232,10 @@ mod tests {
 
     fn eject(p: &Pool, i: usize) {
         for _ in 0..health::EJECT_AFTER {
-            p.backends[i].state.passive.connect_failed(health::now_ms());
+            p.backends[i]
+                .state
+                .passive
+                .connect_failed(crate::clock::now_ms());
         }
     }
 

@@ -13,11 +13,11 @@ pub mod upgrade;
 
 use crate::access_log::{self, AccessLog};
 use crate::body::{Body, RequestBody, TooLarge};
+use crate::clock::ConnClock;
 use crate::error::{ProxyError, UpstreamError};
 use crate::health;
 use crate::pool::{InFlight, Pick, Pool, Tried};
 use crate::router::path::{self, PathError};
-use crate::server::stream::Clock;
 use crate::snapshot::{Shared, Snapshot};
 use crate::tls::Certs;
 use crate::upstream::{self, Recv, Sender};
@@ -42,7 +42,7 @@ pub struct ConnInfo {
     pub redirect_https: Option<u16>,
     pub peer: SocketAddr,
     pub tls: Option<TlsInfo>,
-    pub clock: Arc<Clock>,
+    pub clock: Arc<ConnClock>,
     /// The peer's IP, ready for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
 }
@@ -306,7 +306,7 @@ impl<'p> Attempts<'p> {
                     return Ok((i, conn, in_flight));
                 }
                 Err(source) => {
-                    if let Some(d) = state.passive.connect_failed(health::now_ms()) {
+                    if let Some(d) = state.passive.connect_failed(crate::clock::now_ms()) {
                         tracing::warn!(pool = %pool.name, backend = %backend.label, ejected_for = ?d,
                             "backend ejected after {} connect failures in a row", health::EJECT_AFTER);
                     }

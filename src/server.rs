@@ -11,8 +11,8 @@ pub mod stream;
 
 use crate::access_log::AccessLog;
 use crate::admin;
+use crate::clock::{ConnClock, Finished, Verdict, instant_at, now_ms};
 use crate::config::{self, Config, Limits};
-use crate::health;
 use crate::proxy::{ConnInfo, Proxy, TlsInfo};
 use crate::snapshot::{ListenerStats, Shared, Snapshot};
 use crate::tls;
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
-use stream::{Clock, Finished, Stream, Verdict};
+use stream::Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -420,7 +420,7 @@ impl Conn {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let clock = Arc::new(Clock::new(h2));
+        let clock = Arc::new(ConnClock::new(h2));
         let info = Arc::new(ConnInfo {
             listener: self.listener.name.clone(),
             redirect_https: self.listener.redirect_https,
@@ -469,7 +469,7 @@ impl Conn {
         } else {
             let mut b = http1::Builder::new();
             b.timer(TokioTimer::new())
-                // Timed by `stream::Clock` instead; see there.
+                // Timed by `stream::ConnClock` instead; see there.
                 .header_read_timeout(None)
                 .max_header_size(limits.max_request_header_bytes);
             // hyper's default read buffer (about 400 KiB) must fit the largest head.
@@ -486,7 +486,7 @@ impl Conn {
 
     /// Run `conn` to completion, enforcing the head and idle timeouts and shutdown; `None`
     /// when it was cut off.
-    async fn drive<C: Graceful>(&self, conn: C, clock: &Clock) -> Option<C::Output> {
+    async fn drive<C: Graceful>(&self, conn: C, clock: &ConnClock) -> Option<C::Output> {
         let (head, idle) = (
             self.limits.client_header_timeout,
             self.limits.client_idle_timeout,
@@ -494,12 +494,12 @@ impl Conn {
         let mut conn = pin!(conn);
         let mut stopping = pin!(self.stop.fired());
         let mut killed = pin!(self.kill.fired());
-        let first = match clock.check(health::now_ms(), head, idle) {
+        let first = match clock.check(now_ms(), head, idle) {
             Verdict::WaitUntil(t) => t,
-            _ => health::now_ms(),
+            _ => now_ms(),
         };
         let mut armed = first;
-        let mut timer = pin!(tokio::time::sleep_until(health::instant_at(first).into()));
+        let mut timer = pin!(tokio::time::sleep_until(instant_at(first).into()));
         let mut graceful = false;
         let mut registered = false;
         let mut poll_timer = true;
@@ -524,13 +524,13 @@ impl Conn {
             }
             // A head that started since the timer was set may be due before it fires.
             if clock.take_rearm() {
-                let mut due = health::now_ms() + head.as_millis() as u64;
+                let mut due = now_ms() + head.as_millis() as u64;
                 if let Some(response) = clock.response_due() {
                     due = due.min(response);
                 }
                 if due < armed {
                     armed = due;
-                    timer.as_mut().reset(health::instant_at(due).into());
+                    timer.as_mut().reset(instant_at(due).into());
                     poll_timer = true;
                 }
             }
@@ -541,7 +541,7 @@ impl Conn {
                 if timer.as_mut().poll(cx).is_pending() {
                     break;
                 }
-                match clock.check(health::now_ms(), head, idle) {
+                match clock.check(now_ms(), head, idle) {
                     Verdict::HeadTimeout => {
                         tracing::debug!(timeout = ?head, "request head too slow; closing");
                         return Poll::Ready(None);
@@ -555,12 +555,12 @@ impl Conn {
                         armed = u64::MAX;
                         timer
                             .as_mut()
-                            .reset(health::instant_at(health::now_ms() + 86_400_000).into());
+                            .reset(instant_at(now_ms() + 86_400_000).into());
                         poll_timer = true;
                     }
                     Verdict::WaitUntil(t) => {
                         armed = t;
-                        timer.as_mut().reset(health::instant_at(t).into());
+                        timer.as_mut().reset(instant_at(t).into());
                         poll_timer = true;
                     }
                     // The lane sees the flag when polled again. The timer stays elapsed, so

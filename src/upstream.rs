@@ -12,7 +12,6 @@ pub mod h1;
 
 use crate::body::RequestBody;
 use crate::error::{ConnectError, UpstreamError};
-use crate::health;
 use crate::pool::InFlight;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -117,7 +116,7 @@ pub fn set_worker(index: usize) {
 }
 
 /// Idle connections of one kind, one pool per worker, each with when they went idle
-/// ([`health::now_ms`]), newest last.
+/// ([`crate::clock::now_ms`]), newest last.
 struct Idle<T>([Mutex<Vec<(T, u64)>>; SHARDS]);
 
 impl<T> Default for Idle<T> {
@@ -133,7 +132,7 @@ impl<T> Idle<T> {
         if idle.is_empty() {
             return None;
         }
-        let now = health::now_ms();
+        let now = crate::clock::now_ms();
         while let Some((c, since)) = idle.pop() {
             if now.saturating_sub(since) < MAX_IDLE_MS && usable(&c) {
                 return Some(c);
@@ -143,7 +142,7 @@ impl<T> Idle<T> {
     }
 
     fn put(&self, c: T) {
-        let now = health::now_ms();
+        let now = crate::clock::now_ms();
         let mut idle = self.shard().lock().expect("idle pool lock poisoned");
         if idle.len() < MAX_IDLE {
             idle.push((c, now));

@@ -65,7 +65,7 @@ fn the_demo_config_checks_clean() {
         &config,
     )
     .unwrap();
-    switchyard::tls::generate_self_signed(
+    switchyard::tls::certs::generate_self_signed(
         &dir.path().join("certs/localhost.crt"),
         &dir.path().join("certs/localhost.key"),
         &["localhost"],

@@ -583,7 +583,7 @@ fn rsa_pkcs1_sec1_and_pkcs8_keys_all_load() {
                 &cert,
             ],
         );
-        let entry = switchyard::tls::load_pair(&d.join(&cert), &d.join(key));
+        let entry = switchyard::tls::certs::load_pair(&d.join(&cert), &d.join(key));
         assert!(entry.is_ok(), "{key}: {:?}", entry.err());
     }
 }

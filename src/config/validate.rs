@@ -11,7 +11,7 @@ use super::{
     Loaded, PathMatch, Pool, Protocol, Route, Timeouts, UpstreamTls, WhenAllDown,
 };
 use crate::router::path::normalize;
-use crate::tls::{Certs, Which};
+use crate::tls::certs::{Certs, Which};
 use http::{HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -401,7 +401,7 @@ impl Check<'_> {
         }
         let ca = p.ca.as_ref().and_then(|ca| {
             let file = self.relative(ca);
-            match crate::tls::load_ca(&file) {
+            match crate::tls::certs::load_ca(&file) {
                 Ok((pem, certs)) => Some(Arc::new(CaBundle {
                     path: file,
                     pem,
@@ -442,7 +442,7 @@ impl Check<'_> {
         }
         let mut entries = Vec::new();
         for (i, c) in t.certificates.iter().enumerate() {
-            match crate::tls::load_pair(&self.relative(&c.cert), &self.relative(&c.key)) {
+            match crate::tls::certs::load_pair(&self.relative(&c.cert), &self.relative(&c.key)) {
                 Ok(e) => entries.push(e),
                 Err(e) => {
                     let key = match e.which {

@@ -24,11 +24,11 @@
 use super::{ConnInfo, Ctx, Proxy, host_name, is_idempotent, is_stale, log_error, stamp};
 use crate::access_log::Entry;
 use crate::body::Body;
+use crate::clock::ConnClock;
 use crate::error::ProxyError;
 use crate::pool::{InFlight, Pool};
 use crate::router::Fields;
 use crate::router::path;
-use crate::server::stream::Clock;
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, Recv, Sender, h1};
 use crate::wire::{self, Known, Lines, field, has_token, tokens};
@@ -351,7 +351,7 @@ fn to_backend(
 
 /// `Proxy::forward` for a planned request: the same retries, on the inline client.
 async fn forward(
-    clock: &Clock,
+    clock: &ConnClock,
     pool: &Pool,
     up: &[u8],
     head_only: bool,
@@ -367,7 +367,7 @@ async fn forward(
             unreachable!("an inline checkout yields an inline connection")
         };
         let sent = {
-            // The connection's driver times the wait (see `Clock::expect_response`): one
+            // The connection's driver times the wait (see `ConnClock::expect_response`): one
             // timer per connection instead of one per request.
             clock.expect_response(pool.timeouts.response);
             let _arrived = ResponseArrived(clock);
@@ -402,7 +402,7 @@ async fn forward(
 }
 
 /// Ends the wait for a response head on the connection's clock, however the wait ends.
-struct ResponseArrived<'a>(&'a Clock);
+struct ResponseArrived<'a>(&'a ConnClock);
 
 impl Drop for ResponseArrived<'_> {
     fn drop(&mut self) {

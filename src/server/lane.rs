@@ -15,8 +15,8 @@
 //! path's response deadline, come from the connection's [`Clock`](super::stream::Clock),
 //! shutdown from [`Lane::graceful_shutdown`].
 
-use super::stream::Finished;
 use crate::body::Body;
+use crate::clock::Finished;
 use crate::proxy::fast::{self, Answer};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::wire::{self, Known, MAX_HEADERS, field};
