@@ -1,17 +1,18 @@
 //! The access log: one line per request on stdout, written by a thread of its own.
 //!
-//! Requests never wait for stdout: an entry is handed over a bounded channel when the
-//! response body is done, and dropped (and counted) if the writer falls that far behind.
+//! Requests never wait for stdout: a finished [`Record`] becomes an entry handed over a
+//! bounded channel, dropped (and counted) if the writer falls that far behind.
 //! The writer formats and batches lines, flushing whenever the channel runs dry.
 
 use crate::config::AccessLogFormat;
-use http::{HeaderValue, Method, Version};
+use crate::record::{Record, Text};
+use http::{Method, Version};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 const QUEUE: usize = 16 * 1024;
 
@@ -22,27 +23,22 @@ pub struct AccessLog {
     dropped: Arc<AtomicU64>,
 }
 
-/// One request, filled in as it goes and written when its response body is done.
+/// One finished request, as the writer thread formats it.
 pub struct Entry {
     pub time: SystemTime,
-    pub start: Instant,
     pub listener: Arc<str>,
     pub client: SocketAddr,
-    pub method: Method,
+    pub method: Option<Method>,
     pub version: Version,
-    pub host: String,
-    /// Path with query, as received.
-    pub path: String,
+    pub text: Box<Text>,
     pub status: u16,
     pub route: Option<Arc<str>>,
     pub pool: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
-    pub request_id: Option<HeaderValue>,
-    pub referer: Option<HeaderValue>,
-    pub user_agent: Option<HeaderValue>,
-    bytes: u64,
-    duration: f64,
-    log: Option<AccessLog>,
+    pub request_id: String,
+    pub bytes: u64,
+    /// Milliseconds, until the response body was done.
+    pub duration: f64,
 }
 
 impl AccessLog {
@@ -69,80 +65,36 @@ impl AccessLog {
         self.tx.is_some()
     }
 
-    /// A new entry for a request that started now.
-    pub fn entry(
-        &self,
-        listener: Arc<str>,
-        client: SocketAddr,
-        req: &http::request::Parts,
-        host: String,
-    ) -> Box<Entry> {
-        let path = req
-            .uri
-            .path_and_query()
-            .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
-        let mut e = self.begin(
-            listener,
-            client,
-            req.method.clone(),
-            req.version,
-            host,
-            path,
-        );
-        e.referer = req.headers.get(http::header::REFERER).cloned();
-        e.user_agent = req.headers.get(http::header::USER_AGENT).cloned();
-        e
-    }
-
-    /// A new entry for a request that started now, from its parts; `path` with its query.
-    pub fn begin(
-        &self,
-        listener: Arc<str>,
-        client: SocketAddr,
-        method: Method,
-        version: Version,
-        host: String,
-        path: String,
-    ) -> Box<Entry> {
-        Box::new(Entry {
-            time: SystemTime::now(),
-            start: Instant::now(),
-            listener,
-            client,
-            method,
-            version,
-            host,
-            path,
-            status: 0,
-            route: None,
-            pool: None,
-            backend: None,
-            request_id: None,
-            referer: None,
-            user_agent: None,
-            bytes: 0,
-            duration: 0.0,
-            log: Some(self.clone()),
-        })
+    /// Queue `entry` for the writer; dropped (and counted) if it is that far behind.
+    pub fn send(&self, entry: Box<Entry>) {
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_)) = tx.try_send(entry)
+        {
+            self.dropped.fetch_add(1, Relaxed);
+        }
     }
 }
 
 impl Entry {
-    /// The response body is done after `bytes` bytes: queue the line.
-    pub fn finish(mut self: Box<Self>, bytes: u64) {
-        self.bytes = bytes;
-        self.duration = self.start.elapsed().as_secs_f64() * 1000.0;
-        // The entry travels without its handle: move it out rather than clone it.
-        let Some(AccessLog {
-            tx: Some(tx),
-            dropped,
-        }) = self.log.take()
-        else {
-            return;
-        };
-        if let Err(TrySendError::Full(_)) = tx.try_send(self) {
-            dropped.fetch_add(1, Relaxed);
-        }
+    /// The entry for `r`, finished at `now`.
+    pub fn of(r: &mut Record, now: SystemTime) -> Box<Entry> {
+        let duration = r.elapsed();
+        let names = r.names();
+        Box::new(Entry {
+            time: now.checked_sub(duration).unwrap_or(now),
+            listener: r.conn.listener.clone(),
+            client: r.conn.peer,
+            method: r.method.clone(),
+            version: r.version,
+            text: r.text.take().unwrap_or_default(),
+            status: r.status,
+            route: names.route,
+            pool: names.pool,
+            backend: names.backend,
+            request_id: String::from_utf8_lossy(r.id()).into_owned(),
+            bytes: r.bytes,
+            duration: duration.as_secs_f64() * 1000.0,
+        })
     }
 }
 
@@ -179,8 +131,12 @@ fn write_loop(rx: Receiver<Box<Entry>>, format: AccessLogFormat, dropped: &Atomi
     let _ = out.flush();
 }
 
-fn header_str(v: &Option<HeaderValue>) -> &str {
-    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-")
+fn or_dash(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
+}
+
+fn method(e: &Entry) -> &str {
+    e.method.as_ref().map_or("-", Method::as_str)
 }
 
 fn json(e: &Entry, out: &mut Vec<u8>) {
@@ -188,16 +144,16 @@ fn json(e: &Entry, out: &mut Vec<u8>) {
         "time": humantime::format_rfc3339_millis(e.time).to_string(),
         "listener": &*e.listener,
         "client": e.client.to_string(),
-        "method": e.method.as_str(),
-        "host": e.host,
-        "path": e.path,
+        "method": method(e),
+        "host": e.text.host,
+        "path": e.text.target,
         "status": e.status,
         "bytes": e.bytes,
         "duration_ms": (e.duration * 1000.0).round() / 1000.0,
         "route": e.route.as_deref().unwrap_or("-"),
         "pool": e.pool.as_deref().unwrap_or("-"),
         "backend": e.backend.as_deref().unwrap_or("-"),
-        "request_id": header_str(&e.request_id),
+        "request_id": e.request_id,
     });
     let _ = serde_json::to_writer(&mut *out, &line);
     out.push(b'\n');
@@ -218,13 +174,13 @@ fn common(e: &Entry, out: &mut Vec<u8>) {
         "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
         e.client.ip(),
         t.unwrap_or_default(),
-        e.method,
-        e.path,
+        method(e),
+        e.text.target.replace('"', "\\\""),
         e.version,
         e.status,
         bytes,
-        header_str(&e.referer).replace('"', "\\\""),
-        header_str(&e.user_agent).replace('"', "\\\""),
+        or_dash(&e.text.referer).replace('"', "\\\""),
+        or_dash(&e.text.user_agent).replace('"', "\\\""),
     );
 }
 
@@ -232,28 +188,27 @@ fn common(e: &Entry, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn entry() -> Box<Entry> {
-        let req = http::Request::get("/a?b=1")
-            .header("user-agent", "curl/8 \"x\"")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        let mut e = AccessLog {
-            tx: None,
-            dropped: Arc::default(),
+    fn entry() -> Entry {
+        Entry {
+            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            listener: "web".into(),
+            client: "10.0.0.1:5555".parse().unwrap(),
+            method: Some(Method::GET),
+            version: Version::HTTP_11,
+            text: Box::new(Text {
+                host: "shop.test".into(),
+                target: "/a?b=1".into(),
+                referer: None,
+                user_agent: Some("curl/8 \"x\"".into()),
+            }),
+            status: 200,
+            route: Some("r".into()),
+            pool: None,
+            backend: None,
+            request_id: "id".into(),
+            bytes: 42,
+            duration: 1.5,
         }
-        .entry(
-            "web".into(),
-            "10.0.0.1:5555".parse().unwrap(),
-            &req,
-            "shop.test".into(),
-        );
-        e.time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
-        e.status = 200;
-        e.bytes = 42;
-        e.route = Some("r".into());
-        e
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub struct Limits {
     pub max_request_body_bytes: u64,
     pub client_header_timeout: Duration,
     pub client_idle_timeout: Duration,
+    /// Longest wait for the next bytes of a request body (nginx `client_body_timeout`).
+    pub client_body_timeout: Duration,
+    /// Longest wait for the client to take the next bytes of a response (nginx
+    /// `send_timeout`).
+    pub client_send_timeout: Duration,
     pub max_connections: usize,
 }
 
@@ -72,6 +77,8 @@ impl Default for Limits {
             max_request_body_bytes: 16 * 1024 * 1024,
             client_header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            client_send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
         }
     }
@@ -145,7 +152,13 @@ impl Balance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
+    /// Request sent -> response head.
     pub response: Duration,
+    /// Longest wait for the next bytes of a response body (nginx `proxy_read_timeout`).
+    pub read: Duration,
+    /// Longest wait for the backend to take the next bytes of a request body (nginx
+    /// `proxy_send_timeout`).
+    pub write: Duration,
 }
 
 /// What a pool does when no backend is healthy.

@@ -38,6 +38,7 @@ pub mod error;
 pub mod health;
 pub mod pool;
 pub mod proxy;
+pub mod record;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -301,6 +301,8 @@ mod tests {
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),
                 response: Duration::from_secs(1),
+                read: Duration::from_secs(1),
+                write: Duration::from_secs(1),
             },
             retries: 2,
             when_all_down: WhenAllDown::FailOpen,

@@ -101,21 +101,37 @@ impl Router {
     /// The first route, by SPEC precedence, that takes a request for `host` (lower case,
     /// no port) and normalized `path`.
     pub fn find(&self, host: &str, path: &str, req: &impl Fields) -> Option<usize> {
-        let accepts = |i: usize| self.conditions[i].accept(req);
+        self.find_traced(host, path, req, &mut ())
+    }
+
+    /// [`Router::find`], telling `trace` about every route whose path matched, in the order
+    /// they were tried, and why each was taken or passed over (`switchyard explain`).
+    pub fn find_traced(
+        &self,
+        host: &str,
+        path: &str,
+        req: &impl Fields,
+        trace: &mut impl Trace,
+    ) -> Option<usize> {
+        let mut accepts = |i: usize| {
+            let verdict = self.conditions[i].check(req);
+            trace.candidate(i, verdict);
+            verdict.is_ok()
+        };
         if !self.exact.is_empty()
             && let Some(b) = self.exact.get(host)
-            && let Some(r) = b.find(path, accepts)
+            && let Some(r) = b.find(path, &mut accepts)
         {
             return Some(r);
         }
         if !self.wildcard.is_empty()
             && let Some((_, parent)) = host.split_once('.')
             && let Some(b) = self.wildcard.get(parent)
-            && let Some(r) = b.find(path, accepts)
+            && let Some(r) = b.find(path, &mut accepts)
         {
             return Some(r);
         }
-        self.any.find(path, accepts)
+        self.any.find(path, &mut accepts)
     }
 }
 
@@ -140,14 +156,49 @@ impl Fields for Parts {
     }
 }
 
+/// Which condition of a route a request failed, for the first one it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    Method,
+    /// The route's header condition at this position.
+    Header(usize),
+    /// The route's cookie condition at this position.
+    Cookie(usize),
+}
+
+/// What `find_traced` reports; `()` ignores it, so `find` costs nothing extra.
+pub trait Trace {
+    /// Route `route` matched the path and its conditions gave `verdict`.
+    fn candidate(&mut self, route: usize, verdict: Result<(), Failed>);
+}
+
+impl Trace for () {
+    #[inline]
+    fn candidate(&mut self, _: usize, _: Result<(), Failed>) {}
+}
+
+impl<T: Trace + ?Sized> Trace for &mut T {
+    fn candidate(&mut self, route: usize, verdict: Result<(), Failed>) {
+        (**self).candidate(route, verdict)
+    }
+}
+
 impl Conditions {
-    fn accept(&self, req: &impl Fields) -> bool {
-        (self.methods.is_empty() || self.methods.contains(req.method()))
-            && self
-                .headers
-                .iter()
-                .all(|(n, v)| req.values(n).any(|x| x == v.as_bytes()))
-            && self.cookies.iter().all(|(n, v)| has_cookie(req, n, v))
+    fn check(&self, req: &impl Fields) -> Result<(), Failed> {
+        if !(self.methods.is_empty() || self.methods.contains(req.method())) {
+            return Err(Failed::Method);
+        }
+        for (i, (n, v)) in self.headers.iter().enumerate() {
+            if !req.values(n).any(|x| x == v.as_bytes()) {
+                return Err(Failed::Header(i));
+            }
+        }
+        for (i, (n, v)) in self.cookies.iter().enumerate() {
+            if !has_cookie(req, n, v) {
+                return Err(Failed::Cookie(i));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -228,7 +279,7 @@ impl Bucket {
         self.keys = HashMap::new();
     }
 
-    fn find(&self, path: &str, accepts: impl Fn(usize) -> bool) -> Option<usize> {
+    fn find(&self, path: &str, mut accepts: impl FnMut(usize) -> bool) -> Option<usize> {
         if !self.fallback.is_empty()
             && let Ok(m) = self.patterns.at(path)
         {

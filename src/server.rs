@@ -6,23 +6,25 @@
 //! after `shutdown_timeout` whatever is left is cut. The admin listener stays up until
 //! `run` returns, answering `/ready` with 503 while draining.
 
-pub mod lane;
-pub mod stream;
+pub mod h1;
+pub mod h2;
 
 use crate::access_log::AccessLog;
 use crate::admin;
-use crate::clock::{ConnClock, Finished, Verdict, instant_at, now_ms};
+use crate::clock::{ConnClock, Verdict, instant_at, now_ms};
 use crate::config::{self, Config, Limits};
-use crate::proxy::{ConnInfo, Proxy, TlsInfo};
+use crate::error::ProxyError;
+use crate::proxy::{self, ConnInfo, Proxy, TlsInfo};
+use crate::record::Record;
 use crate::snapshot::{ListenerStats, Shared, Snapshot};
 use crate::tls;
 use crate::upstream;
+use h1::Lane;
 use http::HeaderValue;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use lane::{Lane, Outcome, Rewind};
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
@@ -32,10 +34,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
-use stream::Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,6 +54,69 @@ pub struct Server {
 struct Bound {
     cfg: Arc<config::Listener>,
     sockets: Vec<std::net::TcpListener>,
+    limit: Arc<ConnLimit>,
+}
+
+/// A listener's `max_connections`, shared by every worker's accept loop: the limit is the
+/// listener's, not a worker's.
+///
+/// A worker accepts only while the listener has room, and takes its slot after accepting:
+/// a worker waiting for room holds no slot, so a connection queued on another worker's
+/// socket gets the next free one. Two workers accepting the last slot at once leave one
+/// connection accepted but waiting (at most one per extra worker) until another closes.
+pub struct ConnLimit {
+    slots: Arc<Semaphore>,
+    room: Notify,
+}
+
+impl ConnLimit {
+    fn new(max: usize) -> ConnLimit {
+        ConnLimit {
+            slots: Arc::new(Semaphore::new(max)),
+            room: Notify::new(),
+        }
+    }
+
+    /// Wait until a slot is free, without taking it.
+    async fn has_room(&self) {
+        loop {
+            let notified = self.room.notified();
+            let mut notified = pin!(notified);
+            notified.as_mut().enable();
+            if self.slots.available_permits() > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Take a slot for an accepted connection.
+    async fn take(self: &Arc<Self>) -> Slot {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        Slot {
+            permit: Some(permit),
+            limit: self.clone(),
+        }
+    }
+}
+
+/// One connection's place under its listener's limit; freed when dropped.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    limit: Arc<ConnLimit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The slot first, then the news: a woken accept loop must find it free.
+        drop(self.permit.take());
+        self.limit.room.notify_waiters();
+    }
 }
 
 impl Server {
@@ -84,6 +148,7 @@ impl Server {
             listeners.push(Bound {
                 cfg: Arc::new(l.clone()),
                 sockets,
+                limit: Arc::new(ConnLimit::new(config.limits.max_connections)),
             });
         }
         let admin = match config.admin {
@@ -140,11 +205,14 @@ impl Server {
             let l = TcpListener::from_std(l).expect("a bound socket registers with the runtime");
             tokio::spawn(admin::serve(l, shared.clone()))
         });
-        let mut sets: Vec<Vec<(Arc<config::Listener>, std::net::TcpListener)>> =
-            (0..workers).map(|_| Vec::new()).collect();
+        let mut sets: Vec<Vec<Socket>> = (0..workers).map(|_| Vec::new()).collect();
         for b in listeners {
             for (i, socket) in b.sockets.into_iter().enumerate() {
-                sets[i].push((b.cfg.clone(), socket));
+                sets[i].push(Socket {
+                    cfg: b.cfg.clone(),
+                    socket,
+                    limit: b.limit.clone(),
+                });
             }
         }
         let mut sets = sets.into_iter().enumerate();
@@ -203,27 +271,35 @@ struct Worker {
     stop: Signal,
 }
 
+/// One worker's socket of a listener.
+struct Socket {
+    cfg: Arc<config::Listener>,
+    socket: std::net::TcpListener,
+    limit: Arc<ConnLimit>,
+}
+
 impl Worker {
-    async fn serve(self, sockets: Vec<(Arc<config::Listener>, std::net::TcpListener)>) {
+    async fn serve(self, sockets: Vec<Socket>) {
         upstream::set_worker(self.index);
         let kill = Signal::default();
         let conns = TaskTracker::new();
         let limits = Arc::new(self.shared.load().config.limits.clone());
         let accepts: Vec<_> = sockets
             .into_iter()
-            .map(|(cfg, socket)| {
-                let listener = TcpListener::from_std(socket)
+            .map(|s| {
+                let listener = TcpListener::from_std(s.socket)
                     .expect("a bound socket registers with the runtime");
                 if self.index == 0
                     && let Ok(addr) = listener.local_addr()
                 {
-                    tracing::info!(listener = %cfg.name, %addr, "listening");
+                    tracing::info!(listener = %s.cfg.name, %addr, "listening");
                 }
                 let ctx = Accept {
                     proxy: self.proxy.clone(),
                     shared: self.shared.clone(),
-                    listener: cfg,
+                    listener: s.cfg,
                     limits: limits.clone(),
+                    limit: s.limit,
                     stop: self.stop.clone(),
                     kill: kill.clone(),
                     conns: conns.clone(),
@@ -283,6 +359,7 @@ struct Accept {
     shared: Arc<Shared>,
     listener: Arc<config::Listener>,
     limits: Arc<Limits>,
+    limit: Arc<ConnLimit>,
     stop: Signal,
     kill: Signal,
     conns: TaskTracker,
@@ -298,13 +375,12 @@ impl Accept {
             ))
         });
         let stats = self.shared.listener_stats(&self.listener.name);
-        // Above max_connections, connections wait in the kernel's backlog, unaccepted.
-        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            // Above max_connections, connections wait in the kernel's backlog, unaccepted.
+            tokio::select! {
+                () = self.limit.has_room() => {}
                 _ = self.stop.fired() => break,
-            };
+            }
             let (tcp, peer) = tokio::select! {
                 a = accept(&listener) => a,
                 _ = self.stop.fired() => break,
@@ -319,9 +395,10 @@ impl Accept {
                 stats: stats.clone(),
             };
             let tls = tls.clone();
+            let limit = self.limit.clone();
             self.conns.spawn(async move {
+                let _slot = limit.take().await;
                 conn.serve(tcp, peer, tls).await;
-                drop(permit);
             });
         }
     }
@@ -339,10 +416,6 @@ struct Conn {
 }
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// The answer to plain HTTP on a TLS port, before closing it.
-const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
-Content-Length: 36\r\nConnection: close\r\n\r\nThis port expects HTTPS, not HTTP.\r\n";
 
 /// HTTP/2 settings for clients. 256 concurrent streams (nginx allows 128, HAProxy 100):
 /// browsers open around 100. Flow-control windows of 512 KiB per stream and 1 MiB per
@@ -364,7 +437,7 @@ impl Conn {
             return self.serve_http(tcp, peer, h2, None).await;
         };
         // The handshake shares the head's deadline: a client that stalls it is a slowloris.
-        let stream = match tokio::time::timeout(head, self.handshake(acceptor, tcp)).await {
+        let stream = match tokio::time::timeout(head, self.handshake(acceptor, tcp, peer)).await {
             Ok(Some(s)) => s,
             Ok(None) | Err(_) => {
                 self.stats
@@ -392,6 +465,7 @@ impl Conn {
         &self,
         acceptor: TlsAcceptor,
         mut tcp: TcpStream,
+        peer: SocketAddr,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
         let mut first = [0u8; 1];
         if tcp.peek(&mut first).await.ok()? == 0 {
@@ -400,8 +474,22 @@ impl Conn {
         // Every TLS connection opens with a handshake record (content type 22).
         if first[0] != 22 {
             if first[0].is_ascii_uppercase() {
+                // An HTTP request: answered (and logged) like any other refused one.
+                let info = self.info(peer, None, false);
+                let mut record = Record::start(&info);
+                let mut resp = proxy::fail(ProxyError::PlainHttpOnTls, &mut record);
+                resp.body_mut().set_record(record);
+                let to = h1::write::To {
+                    head_only: false,
+                    version: http::Version::HTTP_11,
+                    close: true,
+                    trailers: false,
+                    timeout: self.limits.client_send_timeout,
+                };
+                let mut out = Vec::new();
+                let mut o = h1::write::Out::new(&mut tcp, to.timeout);
+                let _ = h1::write::response(&mut o, resp, &to, &mut out).await;
                 use tokio::io::AsyncWriteExt;
-                let _ = tcp.write_all(PLAIN_ON_TLS).await;
                 let _ = tcp.shutdown().await;
             }
             tracing::debug!(listener = %self.listener.name, "plain HTTP on a TLS port");
@@ -416,70 +504,46 @@ impl Conn {
         }
     }
 
-    async fn serve_http<T>(&self, io: T, peer: SocketAddr, h2: bool, tls: Option<TlsInfo>)
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let clock = Arc::new(ConnClock::new(h2));
-        let info = Arc::new(ConnInfo {
+    /// What requests on a connection from `peer` know about it.
+    fn info(&self, peer: SocketAddr, tls: Option<TlsInfo>, h2: bool) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
             listener: self.listener.name.clone(),
             redirect_https: self.listener.redirect_https,
             peer,
             tls,
-            clock: clock.clone(),
+            clock: Arc::new(ConnClock::new(h2)),
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
-        });
-        let stream = Stream::new(io, clock.clone());
+            log: self.proxy.log().clone(),
+        })
+    }
+
+    async fn serve_http<T>(&self, io: T, peer: SocketAddr, h2: bool, tls: Option<TlsInfo>)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = self.info(peer, tls, h2);
+        let clock = info.clock.clone();
         let limits = &self.limits;
-        let (stream, read) = if h2 {
-            (stream, bytes::Bytes::new())
-        } else {
-            let lane = Lane::new(
-                stream,
-                self.proxy.clone(),
-                info.clone(),
-                limits.max_request_header_bytes,
-            );
-            match self.drive(lane, &clock).await {
-                Some(Outcome::Handoff(stream, read)) => (stream, read.freeze()),
-                Some(Outcome::Done) | None => return,
-            }
-        };
-        let io = TokioIo::new(Rewind::new(read, stream));
+        if !h2 {
+            let lane = Lane::new(io, self.proxy.clone(), info, limits.clone());
+            self.drive(lane, &clock).await;
+            return;
+        }
         let proxy = self.proxy.clone();
+        let svc_limits = limits.clone();
         let svc = service_fn(move |req: hyper::Request<Incoming>| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            async move {
-                info.clock.request_started();
-                let _done = Finished(&info.clock);
-                Ok::<_, Infallible>(proxy.handle(req, &info).await)
-            }
+            let (proxy, info, limits) = (proxy.clone(), info.clone(), svc_limits.clone());
+            async move { Ok::<_, Infallible>(h2::serve(&proxy, &info, &limits, req).await) }
         });
-        let ended = if h2 {
-            let conn = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(H2_MAX_STREAMS)
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONN_WINDOW)
-                .max_header_list_size(limits.max_request_header_bytes.min(u32::MAX as usize) as u32)
-                .serve_connection(io, svc);
-            self.drive(conn, &clock).await
-        } else {
-            let mut b = http1::Builder::new();
-            b.timer(TokioTimer::new())
-                // Timed by `stream::ConnClock` instead; see there.
-                .header_read_timeout(None)
-                .max_header_size(limits.max_request_header_bytes);
-            // hyper's default read buffer (about 400 KiB) must fit the largest head.
-            if limits.max_request_header_bytes > 400 * 1024 {
-                b.max_buf_size(limits.max_request_header_bytes + 8192);
-            }
-            let conn = b.serve_connection(io, svc).with_upgrades();
-            self.drive(conn, &clock).await
-        };
-        if let Some(Err(e)) = ended {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONN_WINDOW)
+            .max_header_list_size(limits.max_request_header_bytes.min(u32::MAX as usize) as u32)
+            .serve_connection(TokioIo::new(io), svc);
+        if let Some(Err(e)) = self.drive(conn, &clock).await {
             tracing::debug!(error = %e, "client connection ended with an error");
         }
     }
@@ -501,6 +565,8 @@ impl Conn {
         let mut armed = first;
         let mut timer = pin!(tokio::time::sleep_until(instant_at(first).into()));
         let mut graceful = false;
+        // After a graceful close is asked for, how long the connection may take to go.
+        let mut cut_at = u64::MAX;
         let mut registered = false;
         let mut poll_timer = true;
         poll_fn(|cx| {
@@ -522,12 +588,12 @@ impl Conn {
                 conn.as_mut().graceful_shutdown();
                 cx.waker().wake_by_ref();
             }
-            // A head that started since the timer was set may be due before it fires.
+            // The phase changed since the timer was set: it may be due earlier.
             if clock.take_rearm() {
-                let mut due = now_ms() + head.as_millis() as u64;
-                if let Some(response) = clock.response_due() {
-                    due = due.min(response);
-                }
+                let due = match clock.check(now_ms(), head, idle) {
+                    Verdict::WaitUntil(t) => t,
+                    _ => now_ms(),
+                };
                 if due < armed {
                     armed = due;
                     timer.as_mut().reset(instant_at(due).into());
@@ -541,7 +607,11 @@ impl Conn {
                 if timer.as_mut().poll(cx).is_pending() {
                     break;
                 }
-                match clock.check(now_ms(), head, idle) {
+                let now = now_ms();
+                if now >= cut_at {
+                    return Poll::Ready(None);
+                }
+                let next = match clock.check(now, head, idle) {
                     Verdict::HeadTimeout => {
                         tracing::debug!(timeout = ?head, "request head too slow; closing");
                         return Poll::Ready(None);
@@ -552,21 +622,20 @@ impl Conn {
                             conn.as_mut().graceful_shutdown();
                             cx.waker().wake_by_ref();
                         }
-                        armed = u64::MAX;
-                        timer
-                            .as_mut()
-                            .reset(instant_at(now_ms() + 86_400_000).into());
-                        poll_timer = true;
+                        // It goes at once unless it is busy; cut it if it lingers.
+                        cut_at = cut_at.min(now + head.as_millis() as u64);
+                        cut_at
                     }
-                    Verdict::WaitUntil(t) => {
-                        armed = t;
-                        timer.as_mut().reset(instant_at(t).into());
-                        poll_timer = true;
+                    Verdict::WaitUntil(t) => t.min(cut_at),
+                    // The lane sees the flag when polled again; the next deadline follows.
+                    Verdict::ResponseLate => {
+                        cx.waker().wake_by_ref();
+                        (now + idle.as_millis() as u64).min(cut_at)
                     }
-                    // The lane sees the flag when polled again. The timer stays elapsed, so
-                    // the loop asks once more, and gets the next deadline.
-                    Verdict::ResponseLate => cx.waker().wake_by_ref(),
-                }
+                };
+                armed = next;
+                timer.as_mut().reset(instant_at(next).into());
+                poll_timer = true;
             }
             Poll::Pending
         })
@@ -625,25 +694,9 @@ trait Graceful: Future {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<T> Graceful for Lane<T>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+impl Graceful for Lane {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         Lane::graceful_shutdown(&self)
-    }
-}
-
-impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: http_body::Body + 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::UpgradeableConnection::graceful_shutdown(self)
     }
 }
 

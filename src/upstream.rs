@@ -1,40 +1,40 @@
-//! Connections to backends: how they are made (TCP, TLS, HTTP/1.1 or HTTP/2), a keep-alive
+//! Connections to backends: how they are made (TCP, TLS; HTTP/1.1 or HTTP/2), a keep-alive
 //! pool per backend, and the response body that hands its connection back.
 //!
-//! HTTP/1.1 carries one exchange at a time, so a connection is checked out for a request
-//! and checked back in by [`Body`] only after the response body ended cleanly; a body
-//! dropped half-read takes its connection down with it (the rest of that response is still
-//! on the wire). HTTP/2 multiplexes: a backend has one shared connection, replaced when it
-//! closes. Bodiless requests to plain HTTP/1.1 backends take the cheaper [`h1`] client
-//! instead of hyper's; its connections are pooled apart from hyper's.
+//! Two clients, one per backend protocol: every HTTP/1.1 exchange goes through [`h1`],
+//! Switchyard's own client, driven in the request's task; HTTP/2 pools (`protocol: h2`, for
+//! gRPC) use hyper's client through [`h2`]. HTTP/1.1 carries one exchange at a time, so a
+//! connection is checked out for a request and checked back in by [`Body`] only after the
+//! response body ended cleanly; a body dropped half-read takes its connection down with
+//! it. HTTP/2 multiplexes: a backend has one shared connection, replaced when it closes.
 
 pub mod h1;
+pub mod h2;
 
 use crate::body::RequestBody;
-use crate::error::{ConnectError, UpstreamError};
+use crate::clock::Stall;
+use crate::error::{ConnectError, ProxyError, UpstreamError};
 use crate::pool::InFlight;
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http2::SendRequest;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-/// Idle HTTP/1.1 connections kept per backend.
+/// Idle HTTP/1.1 connections kept per backend and worker.
 const MAX_IDLE: usize = 256;
 /// Idle connections older than this are closed rather than reused: many servers close
 /// idle keep-alive connections after a while, and reusing one just as the server closes
 /// it costs a failed exchange.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
+const MAX_IDLE_MS: u64 = MAX_IDLE_AGE.as_millis() as u64;
 
 /// How a pool connects to its backends.
 pub struct Connector {
@@ -42,64 +42,6 @@ pub struct Connector {
     /// TLS client config (ALPN set for the protocol), if the pool uses TLS.
     pub tls: Option<Arc<ClientConfig>>,
     pub timeout: Duration,
-}
-
-/// The sending half of a connection to a backend.
-pub enum Sender {
-    H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
-    /// An [`h1`] connection, driven by the request's task.
-    /// Boxed: the connection moves through several layers per request, a pointer is
-    /// cheaper to move than its buffers' headers.
-    Inline(Box<h1::Conn>),
-}
-
-/// A response body as it arrives: from hyper, or framed by the inline client.
-pub enum Recv {
-    Hyper(Incoming),
-    Inline(h1::Framing),
-}
-
-/// A failed exchange, with the request back when it can be sent again.
-pub struct Failed {
-    pub error: UpstreamError,
-    pub request: Option<Request<RequestBody>>,
-    /// Some of the request may have reached the backend: only a request that can be
-    /// rebuilt (bodiless and idempotent) may go again.
-    pub sent: bool,
-}
-
-impl Sender {
-    /// Send `req`. On failure hyper hands the request back if none of it was sent; the
-    /// inline client always does, since the request has no body.
-    pub async fn send(&mut self, req: Request<RequestBody>) -> Result<Response<Recv>, Box<Failed>> {
-        let hyper = |r: Result<Response<Incoming>, hyper::client::conn::TrySendError<_>>| {
-            r.map(|resp| resp.map(Recv::Hyper)).map_err(|mut e| {
-                Box::new(Failed {
-                    request: e.take_message(),
-                    error: UpstreamError::Hyper(e.into_error()),
-                    sent: false,
-                })
-            })
-        };
-        match self {
-            Sender::H1(s) => hyper(s.try_send_request(req).await),
-            Sender::H2(s) => hyper(s.try_send_request(req).await),
-            Sender::Inline(c) => match c.send(&req).await {
-                Ok(resp) => Ok(resp.map(Recv::Inline)),
-                Err(f) => Err(Box::new(Failed {
-                    error: f.error,
-                    request: Some(req),
-                    sent: f.sent,
-                })),
-            },
-        }
-    }
-
-    /// Whether requests to this connection need an absolute-form target (HTTP/2).
-    pub fn is_h2(&self) -> bool {
-        matches!(self, Sender::H2(_))
-    }
 }
 
 /// Idle pools per backend: one per worker runtime (modulo this), so a worker reuses the
@@ -115,7 +57,7 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index % SHARDS));
 }
 
-/// Idle connections of one kind, one pool per worker, each with when they went idle
+/// Idle connections, one pool per worker, each with when it went idle
 /// ([`crate::clock::now_ms`]), newest last.
 struct Idle<T>([Mutex<Vec<(T, u64)>>; SHARDS]);
 
@@ -127,14 +69,14 @@ impl<T> Default for Idle<T> {
 
 impl<T> Idle<T> {
     /// The newest connection of this worker's pool that is young enough and `usable`.
-    fn take(&self, usable: impl Fn(&T) -> bool) -> Option<T> {
+    fn take(&self, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
         let mut idle = self.shard().lock().expect("idle pool lock poisoned");
         if idle.is_empty() {
             return None;
         }
         let now = crate::clock::now_ms();
-        while let Some((c, since)) = idle.pop() {
-            if now.saturating_sub(since) < MAX_IDLE_MS && usable(&c) {
+        while let Some((mut c, since)) = idle.pop() {
+            if now.saturating_sub(since) < MAX_IDLE_MS && usable(&mut c) {
                 return Some(c);
             }
         }
@@ -157,92 +99,59 @@ impl<T> Idle<T> {
 /// The connections of one backend.
 #[derive(Default)]
 pub struct Endpoint {
-    idle: Idle<http1::SendRequest<RequestBody>>,
-    inline: Idle<Box<h1::Conn>>,
-    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
-}
-
-/// A connection checked out for one exchange.
-pub struct Conn {
-    pub sender: Sender,
-    /// Came from the pool (so a failure may just mean the server closed it).
-    pub reused: bool,
-}
-
-/// Idle connections older than this many milliseconds are not reused.
-const MAX_IDLE_MS: u64 = MAX_IDLE_AGE.as_millis() as u64;
-
-impl Connector {
-    /// Whether a request without body or upgrade may take the [`h1`] client.
-    pub fn takes_inline(&self) -> bool {
-        !self.h2 && self.tls.is_none()
-    }
+    /// Boxed: a connection moves through several layers per request, and a pointer is
+    /// cheaper to move than its buffers' headers.
+    idle: Idle<Box<h1::Conn>>,
+    shared: Mutex<Option<SendRequest<RequestBody>>>,
 }
 
 impl Endpoint {
-    /// A connection ready for a request: pooled, or new. `inline` asks for an [`h1`]
-    /// connection (see [`Connector::takes_inline`]).
-    pub async fn checkout(
+    /// An HTTP/1.1 connection, pooled or new, and whether it was pooled (a failure on it
+    /// may only mean the backend had closed it).
+    pub async fn h1(
         &self,
         addr: SocketAddr,
         name: &ServerName<'static>,
         how: &Connector,
-        inline: bool,
-    ) -> Result<Conn, ConnectError> {
-        if inline {
-            if let Some(c) = self.inline.take(|c| c.is_open()) {
-                return Ok(Conn {
-                    sender: Sender::Inline(c),
-                    reused: true,
-                });
-            }
-            return Ok(Conn {
-                sender: Sender::Inline(Box::new(h1::Conn::new(
-                    connect_tcp(addr, how.timeout).await?,
-                ))),
-                reused: false,
-            });
+    ) -> Result<(Box<h1::Conn>, bool), ConnectError> {
+        if let Some(c) = self.idle.take(|c| c.is_open()) {
+            return Ok((c, true));
         }
-        let pooled = if how.h2 {
-            self.shared_h2().map(Sender::H2)
-        } else {
-            self.idle.take(|s| s.is_ready()).map(Sender::H1)
+        let tcp = connect_tcp(addr, how.timeout).await?;
+        let io = match &how.tls {
+            None => h1::Io::Tcp(tcp),
+            Some(cfg) => h1::Io::Tls(Box::new(tls(tcp, name, cfg, how.timeout).await?)),
         };
-        if let Some(sender) = pooled {
-            return Ok(Conn {
-                sender,
-                reused: true,
-            });
-        }
-        let sender = connect(addr, name, how).await?;
-        if let Sender::H2(s) = &sender {
-            *self.shared.lock().expect("h2 slot lock poisoned") = Some(s.clone());
-        }
-        Ok(Conn {
-            sender,
-            reused: false,
-        })
+        Ok((Box::new(h1::Conn::new(io)), false))
     }
 
-    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let mut slot = self.shared.lock().expect("h2 slot lock poisoned");
-        match &*slot {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                *slot = None;
-                None
+    /// The backend's HTTP/2 connection, shared or new, and whether it was shared.
+    pub async fn h2(
+        &self,
+        addr: SocketAddr,
+        name: &ServerName<'static>,
+        how: &Connector,
+    ) -> Result<(SendRequest<RequestBody>, bool), ConnectError> {
+        {
+            let mut slot = self.shared.lock().expect("h2 slot lock poisoned");
+            match &*slot {
+                Some(s) if !s.is_closed() => return Ok((s.clone(), true)),
+                Some(_) => *slot = None,
+                None => {}
             }
-            None => None,
         }
+        let tcp = connect_tcp(addr, how.timeout).await?;
+        let sender = match &how.tls {
+            None => h2::handshake(tcp, addr).await?,
+            Some(cfg) => h2::handshake(tls(tcp, name, cfg, how.timeout).await?, addr).await?,
+        };
+        *self.shared.lock().expect("h2 slot lock poisoned") = Some(sender.clone());
+        Ok((sender, false))
     }
 
-    /// Return a connection after a complete exchange.
-    fn checkin(&self, sender: Sender) {
-        match sender {
-            Sender::H1(s) if !s.is_closed() => self.idle.put(s),
-            Sender::Inline(c) => self.inline.put(c),
-            _ => {}
-        }
+    /// Return an HTTP/1.1 connection after a complete exchange.
+    fn checkin(&self, c: Box<h1::Conn>) {
+        self.idle.put(c);
     }
 }
 
@@ -256,70 +165,67 @@ async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     Ok(tcp)
 }
 
-async fn connect(
-    addr: SocketAddr,
+async fn tls(
+    tcp: TcpStream,
     name: &ServerName<'static>,
-    how: &Connector,
-) -> Result<Sender, ConnectError> {
-    let tcp = connect_tcp(addr, how.timeout).await?;
-    match &how.tls {
-        None => handshake(tcp, how.h2, addr).await,
-        Some(cfg) => {
-            let connector = tokio_rustls::TlsConnector::from(cfg.clone());
-            let tls = tokio::time::timeout(how.timeout, connector.connect(name.clone(), tcp))
-                .await
-                .map_err(|_| ConnectError::Timeout(how.timeout))?
-                .map_err(ConnectError::Tls)?;
-            handshake(tls, how.h2, addr).await
-        }
-    }
+    cfg: &Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+    tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))?
+        .map_err(ConnectError::Tls)
 }
 
-async fn handshake<T>(io: T, h2: bool, addr: SocketAddr) -> Result<Sender, ConnectError>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let io = TokioIo::new(io);
-    if h2 {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .handshake(io)
-            .await
-            .map_err(ConnectError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(backend = %addr, error = %e, "upstream h2 connection ended with an error");
-            }
-        });
-        Ok(Sender::H2(sender))
-    } else {
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(ConnectError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(backend = %addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(Sender::H1(sender))
-    }
+/// How an exchange failed, with either client.
+#[derive(Debug)]
+pub enum Failure {
+    /// The backend (or the way to it) failed; `sent`: some of the request was written.
+    Backend { error: UpstreamError, sent: bool },
+    /// The backend took no body bytes for `timeouts.write`.
+    WriteStalled,
+    /// The response head did not come within `timeouts.response`.
+    Late,
+    /// The client's side of the body failed; the backend's connection is spoilt.
+    Client(ProxyError),
 }
 
-/// A backend's response body; returns the connection to its pool once read to the end.
+/// A response body as it arrives.
+pub enum Recv {
+    /// Framed by the HTTP/1.1 client, read off its connection.
+    H1 {
+        framing: h1::Framing,
+        conn: Box<h1::Conn>,
+    },
+    /// An HTTP/1.1 response that streams while the request body still goes up (the duplex
+    /// case): its connection is split, and never reused.
+    Duplex {
+        framing: h1::Framing,
+        buf: bytes::BytesMut,
+        io: tokio::io::ReadHalf<h1::Io>,
+    },
+    H2(Incoming),
+}
+
+/// A backend's response body: watched for stalls (`timeouts.read`), it returns its
+/// connection to the pool once read to the end, and holds its request's in-flight count
+/// until then.
 pub struct Body {
-    inner: Recv,
-    keep: Option<(Sender, InFlight)>,
+    inner: Option<Recv>,
+    in_flight: Option<InFlight>,
+    stall: Stall,
+    timeout: Duration,
 }
 
 impl Body {
-    /// Wrap `inner`, received on `sender` for the request counted by `in_flight`.
-    pub fn new(inner: Recv, sender: Sender, in_flight: InFlight) -> Body {
+    /// Wrap `inner`, counted by `in_flight`; at most `timeout` between pieces.
+    pub fn new(inner: Recv, in_flight: InFlight, timeout: Duration) -> Body {
         let mut b = Body {
-            inner,
-            keep: Some((sender, in_flight)),
+            inner: Some(inner),
+            in_flight: Some(in_flight),
+            stall: Stall::new(timeout),
+            timeout,
         };
         if b.is_end_stream() {
             b.release();
@@ -327,16 +233,23 @@ impl Body {
         b
     }
 
+    /// Copy the rest of the body into `out` when it is small (`limit`), framed by length
+    /// and already read; returns the bytes copied. The connection goes back to its pool.
+    pub fn copy_whole(&mut self, limit: usize, out: &mut Vec<u8>) -> Option<usize> {
+        let Some(Recv::H1 { framing, conn }) = &mut self.inner else {
+            return None;
+        };
+        let n = framing.copy_whole(conn, limit, out)?;
+        self.release();
+        Some(n)
+    }
+
     fn release(&mut self) {
-        let Some((sender, in_flight)) = self.keep.take() else {
-            return;
-        };
-        let reusable = match (&self.inner, &sender) {
-            (Recv::Inline(f), Sender::Inline(c)) => f.reusable(c),
-            _ => true,
-        };
-        if reusable {
-            in_flight.state().endpoint.checkin(sender);
+        let in_flight = self.in_flight.take();
+        if let (Some(Recv::H1 { framing, conn }), Some(in_flight)) = (self.inner.take(), in_flight)
+            && framing.reusable(&conn)
+        {
+            in_flight.state().endpoint.checkin(conn);
         }
     }
 }
@@ -350,37 +263,54 @@ impl HttpBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let frame = match (&mut this.inner, &mut this.keep) {
-            (Recv::Hyper(inner), _) => {
-                ready!(Pin::new(inner).poll_frame(cx)).map(|r| r.map_err(Into::into))
-            }
-            (Recv::Inline(framing), Some((Sender::Inline(conn), _))) => {
-                ready!(framing.poll_frame(conn, cx)).map(|r| r.map_err(Into::into))
-            }
-            // Released: the inline body ended with its connection.
-            (Recv::Inline(_), _) => None,
+        let polled = match &mut this.inner {
+            None => return Poll::Ready(None),
+            Some(Recv::H1 { framing, conn }) => framing
+                .poll_frame(conn, cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            Some(Recv::Duplex { framing, buf, io }) => framing
+                .poll_frame_from(buf, io, cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            Some(Recv::H2(b)) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
         };
+        let frame = match polled {
+            Poll::Pending if this.stall.stuck(cx) => {
+                this.inner = None;
+                this.in_flight = None;
+                return Poll::Ready(Some(Err(UpstreamError::ReadTimeout(this.timeout).into())));
+            }
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(f) => f,
+        };
+        this.stall.progress();
         match &frame {
             None => this.release(),
             Some(Ok(_)) if this.is_end_stream() => this.release(),
             Some(Ok(_)) => {}
             // A broken body leaves the connection unusable: drop it.
-            Some(Err(_)) => this.keep = None,
+            Some(Err(_)) => {
+                this.inner = None;
+                this.in_flight = None;
+            }
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Recv::Hyper(b) => b.is_end_stream(),
-            Recv::Inline(f) => f.is_end(),
+            None => true,
+            Some(Recv::H1 { framing, .. } | Recv::Duplex { framing, .. }) => framing.is_end(),
+            Some(Recv::H2(b)) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Recv::Hyper(b) => b.size_hint(),
-            Recv::Inline(f) => f.size_hint(),
+            None => SizeHint::with_exact(0),
+            Some(Recv::H1 { framing, .. } | Recv::Duplex { framing, .. }) => framing.size_hint(),
+            Some(Recv::H2(b)) => b.size_hint(),
         }
     }
 }

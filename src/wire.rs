@@ -2,6 +2,8 @@
 //! server's lane (`server::lane`), the fast path (`proxy::fast`) and the inline upstream
 //! client (`upstream::h1`). Parsing itself is httparse's; this is what comes after it.
 
+pub mod chunked;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::cell::Cell;
@@ -61,6 +63,7 @@ pub enum Known {
     Date,
     Expect,
     Host,
+    Http2Settings,
     KeepAlive,
     ProxyConnection,
     Te,
@@ -70,6 +73,9 @@ pub enum Known {
     XForwardedHost,
     XForwardedProto,
     XRequestId,
+    /// A name that reads as `Content-Length` or `Transfer-Encoding` once `_` is taken for
+    /// `-`: never forwarded (see `server::h1::head`).
+    Shadow,
     Other,
 }
 
@@ -88,6 +94,7 @@ impl Known {
             10 if is(b"keep-alive") => Known::KeepAlive,
             12 if is(b"x-request-id") => Known::XRequestId,
             14 if is(b"content-length") => Known::ContentLength,
+            14 if is(b"http2-settings") => Known::Http2Settings,
             15 if is(b"x-forwarded-for") => Known::XForwardedFor,
             16 if is(b"x-forwarded-host") => Known::XForwardedHost,
             16 if is(b"proxy-connection") => Known::ProxyConnection,
@@ -109,6 +116,11 @@ impl Known {
                 | Known::Upgrade
         )
     }
+}
+
+/// Whether `b` may appear in a token (RFC 9110 §5.6.2).
+pub fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Whether a field value holds only visible ASCII, spaces and tabs, as

@@ -182,20 +182,28 @@ async fn malformed_responses_are_502_and_the_proxy_keeps_serving() {
     })
     .await;
     let p = proxy_to(&b).await;
-    for path in ["/bad-length", "/two-lengths", "/garbage", "/switch"] {
+    // A chunk that breaks before anything reached the client still becomes a 502.
+    for path in [
+        "/bad-length",
+        "/two-lengths",
+        "/garbage",
+        "/switch",
+        "/bad-chunk",
+    ] {
         assert_eq!(get(&p.url(path)).await.status, 502, "{path}");
     }
-    // Once the head has passed, a broken body cannot become an error status: the client's
-    // response breaks instead.
-    assert_breaks(&p.url("/bad-chunk")).await;
     assert_eq!(get(&p.url("/fine")).await.text(), "hello");
 }
 
 #[tokio::test]
 async fn a_body_cut_short_breaks_the_client_response_instead_of_ending_it() {
     let b = RawBackend::start(|_, head| {
-        if head.contains("/short") {
+        if head.contains("/short-at-once") {
             Reply::bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").then_close()
+        } else if head.contains("/short") {
+            // The head and the first bytes reach the client before the backend closes.
+            Reply::pieces(&[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", b"!"])
+                .then_close()
         } else {
             Reply::bytes(OK_HELLO)
         }
@@ -203,6 +211,8 @@ async fn a_body_cut_short_breaks_the_client_response_instead_of_ending_it() {
     .await;
     let p = proxy_to(&b).await;
     assert_breaks(&p.url("/short")).await;
+    // Nothing had reached the client yet: it gets a 502 rather than a broken 200.
+    assert_eq!(get(&p.url("/short-at-once")).await.status, 502);
     assert_eq!(get(&p.url("/fine")).await.text(), "hello");
 }
 

@@ -77,6 +77,8 @@ pub struct Limits {
     pub max_request_body_bytes: Option<u64>,
     pub client_header_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,
+    pub client_body_timeout: Option<String>,
+    pub client_send_timeout: Option<String>,
     pub max_connections: Option<u64>,
 }
 
@@ -155,6 +157,8 @@ pub struct HealthCheck {
 pub struct Timeouts {
     pub connect: Option<String>,
     pub response: Option<String>,
+    pub read: Option<String>,
+    pub write: Option<String>,
 }
 
 /// `pools.NAME.backends[]`

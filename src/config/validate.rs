@@ -187,6 +187,16 @@ impl Check<'_> {
                 raw.client_idle_timeout.as_deref(),
                 d.client_idle_timeout,
             ),
+            client_body_timeout: self.duration(
+                "limits.client_body_timeout",
+                raw.client_body_timeout.as_deref(),
+                d.client_body_timeout,
+            ),
+            client_send_timeout: self.duration(
+                "limits.client_send_timeout",
+                raw.client_send_timeout.as_deref(),
+                d.client_send_timeout,
+            ),
             max_connections: positive(
                 self,
                 "max_connections",
@@ -327,6 +337,16 @@ impl Check<'_> {
                 &format!("{path}.timeouts.response"),
                 t.and_then(|t| t.response.as_deref()),
                 Duration::from_secs(30),
+            ),
+            read: self.duration(
+                &format!("{path}.timeouts.read"),
+                t.and_then(|t| t.read.as_deref()),
+                Duration::from_secs(60),
+            ),
+            write: self.duration(
+                &format!("{path}.timeouts.write"),
+                t.and_then(|t| t.write.as_deref()),
+                Duration::from_secs(60),
             ),
         };
         if p.backends.is_empty() {
@@ -550,6 +570,8 @@ impl Check<'_> {
                 if l.max_request_header_bytes.is_some()
                     || l.client_header_timeout.is_some()
                     || l.client_idle_timeout.is_some()
+                    || l.client_body_timeout.is_some()
+                    || l.client_send_timeout.is_some()
                     || l.max_connections.is_some()
                 {
                     self.error(

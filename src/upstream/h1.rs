@@ -1,52 +1,77 @@
-//! The inline HTTP/1.1 client: bodiless requests to plain-TCP HTTP/1.1 backends, driven
+//! The HTTP/1.1 client: every request to an HTTP/1.1 backend, over TCP or TLS, driven
 //! inside the request's own task.
 //!
 //! Why it exists: hyper's client runs every connection in a task of its own and passes each
-//! request and response across channels. For the small bodiless requests that make up most
-//! of a proxy's traffic, that hand-off and hyper's general machinery cost about a third of
-//! Switchyard's instructions per request (bench/README.md). This client writes the request
-//! head in one write, parses the response with `httparse` (the parser hyper itself uses) and
-//! reads the body straight off the socket as the client's connection asks for it.
+//! request and response across channels; for the small requests that make up most of a
+//! proxy's traffic that hand-off cost about a third of Switchyard's instructions per
+//! request (bench/README.md). This client writes the request head (with a body that came
+//! along) in one write, streams the rest of a body from its [`Source`], parses the response
+//! with `httparse` and reads the body straight off the socket as the client side asks.
 //!
-//! It stays small by taking only what is simple: no request body, no upgrade, no TLS, no
-//! HTTP/2. Everything else goes through hyper. Response framing follows RFC 9112 §6.3; a
-//! connection is reused only after a response ended exactly where its framing said and the
-//! backend did not ask to close.
+//! Response framing follows RFC 9112 §6.3 and refuses what smuggling needs: conflicting
+//! lengths, heads over [`MAX_HEAD`], chunked bodies outside [`chunked`]'s strict rules, a
+//! 101 that was not asked for or switches to another protocol than the one asked for. A
+//! connection is reused only after a response that ended exactly where its framing said,
+//! from a backend that did not ask to close, spoke HTTP/1.1 framing it may keep alive, and
+//! sent nothing more.
 
-use crate::body::RequestBody;
-use crate::error::UpstreamError;
+use super::Failure;
+use crate::body::Source;
+use crate::clock::Stall;
+use crate::error::{ProxyError, UpstreamError};
+use crate::wire::chunked::{self, Piece};
 use crate::wire::{self, Known, MAX_HEADERS, content_length, last_token_is, tokens};
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, StatusCode, Version};
 use http_body::{Frame, SizeHint};
+use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Longest response head (or trailer section) accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Free space made in the read buffer before each read.
-const READ_SIZE: usize = 16 * 1024;
+/// Longest response head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Free space made in the read buffer before each read: a 16 KiB response and its head
+/// arrive in one read.
+const READ_SIZE: usize = 32 * 1024;
+/// Body pieces up to this size are copied behind their chunk header (one write).
+const COPY_SMALL: usize = 8 * 1024;
+
+/// A backend connection's byte stream.
+pub enum Io {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
 
 /// A connection to a backend, between or during exchanges.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
-    /// The request head being written; kept for its capacity.
-    out: Vec<u8>,
     /// Where the fields of the last response head lie in its bytes.
     fields: Vec<Field>,
+    /// Chunk headers of a streamed request body.
+    scratch: Vec<u8>,
 }
 
-/// A failed exchange, and whether the backend may have seen the request.
-pub struct Failure {
-    pub error: UpstreamError,
-    /// Some of the request was written.
-    pub sent: bool,
+/// One exchange's request and how to treat its response.
+pub struct Exchange<'a, 's> {
+    /// The request head, and any body that came along, in wire form.
+    pub head: &'a [u8],
+    /// The rest of the body, read as it comes.
+    pub body: Option<&'a mut (dyn Source + 's)>,
+    /// Send `body` chunked (its length is not known).
+    pub chunked: bool,
+    /// A HEAD request: the response has no body whatever it says.
+    pub head_request: bool,
+    /// The protocol the request asks to upgrade to: a 101 for it is a success.
+    pub upgrade: Option<&'a [u8]>,
+    /// Longest wait for the backend to take more of the body (`timeouts.write`).
+    pub write_timeout: Duration,
 }
 
 /// A response head as received: its bytes, with [`Conn::fields`] pointing into them.
@@ -54,11 +79,11 @@ pub struct Head {
     pub status: StatusCode,
     pub version: Version,
     pub bytes: Bytes,
-    /// `Connection` named other fields, which are hop-by-hop as well.
-    pub names_fields: bool,
     /// The head had `Transfer-Encoding`, which voids any `Content-Length`.
     pub coded: bool,
     pub framing: Framing,
+    /// The request's body was not all sent: the backend answered first.
+    pub early: bool,
 }
 
 /// Where one field of a response head lies in the head's bytes.
@@ -82,74 +107,117 @@ impl Field {
 }
 
 impl Conn {
-    /// Wrap a freshly connected socket.
-    pub fn new(io: TcpStream) -> Conn {
+    /// Wrap a freshly connected stream.
+    pub fn new(io: Io) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
-            out: Vec::new(),
             fields: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
-    /// Whether an idle connection still looks open. Costs no system call unless the
-    /// backend sent something (its close, or stray bytes) while the connection was idle.
-    pub fn is_open(&self) -> bool {
+    /// Whether an idle connection still looks open: not closed by the backend, and nothing
+    /// unasked-for sent. Costs no system call on a quiet plain connection.
+    pub fn is_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
+        match &mut self.io {
+            Io::Tcp(t) => match t.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [0u8; 1];
+                    matches!(t.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            // TLS may have records to process (session tickets) that carry no data.
+            Io::Tls(s) => {
                 let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                let mut rb = ReadBuf::new(&mut probe);
+                Pin::new(s).poll_read(&mut cx, &mut rb).is_pending()
             }
         }
     }
 
-    /// Send `req` (which has no body) and read the response.
-    pub async fn send(&mut self, req: &Request<RequestBody>) -> Result<Response<Framing>, Failure> {
-        let mut out = std::mem::take(&mut self.out);
-        encode(req, &mut out);
-        let head = self.exchange(&out, *req.method() == Method::HEAD).await;
-        self.out = out;
-        let head = head?;
-        self.response(head)
-            .map_err(|error| Failure { error, sent: true })
+    /// Send the request of `x` and read the response head. On a response that came
+    /// before the body was all sent, [`Head::early`] says so.
+    pub async fn exchange(
+        &mut self,
+        x: Exchange<'_, '_>,
+        wait: impl Wait,
+    ) -> Result<Head, Failure> {
+        let backend = |error| Failure::Backend { error, sent: true };
+        let written = poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, x.head))
+            .await
+            .map_err(|e| Failure::Backend {
+                error: UpstreamError::Io(e),
+                sent: false,
+            })?;
+        write_all(&mut self.io, &x.head[written..], x.write_timeout).await?;
+        let mut early = false;
+        if let Some(body) = x.body {
+            early = self.send_body(body, x.chunked, x.write_timeout).await?;
+        }
+        let mut head = wait
+            .head(poll_fn(|cx| self.poll_head(cx, x.head_request, x.upgrade)))
+            .await
+            .ok_or(Failure::Late)?
+            .map_err(backend)?;
+        head.early = early;
+        Ok(head)
     }
 
-    /// Write `request`, a whole bodiless request head, and read the response head.
-    /// `head_request`: it was a HEAD, so the response has no body whatever it says.
-    pub async fn exchange(&mut self, request: &[u8], head_request: bool) -> Result<Head, Failure> {
-        let written = self.io.write(request).await.map_err(|e| Failure {
-            error: UpstreamError::Io(e),
-            sent: false,
-        })?;
-        let sent = |error| Failure { error, sent: true };
-        if written < request.len() {
-            self.io
-                .write_all(&request[written..])
-                .await
-                .map_err(|e| sent(UpstreamError::Io(e)))?;
+    /// Stream the rest of a request body; `Ok(true)` when the backend answered before it
+    /// was all sent (the rest is not sent now).
+    async fn send_body(
+        &mut self,
+        body: &mut dyn Source,
+        chunked: bool,
+        timeout: Duration,
+    ) -> Result<bool, Failure> {
+        /// What the body loop waits for.
+        enum Next {
+            Data(Result<Bytes, ProxyError>),
+            End,
+            /// The backend answered before the body was all sent.
+            Answered,
         }
+        let failed = |error| Failure::Backend { error, sent: true };
         loop {
-            if let Some(head) = self.parse_head(head_request).map_err(sent)? {
-                return Ok(head);
-            }
-            if self.buf.len() >= MAX_HEAD {
-                return Err(sent(UpstreamError::Malformed("response head too large")));
-            }
-            let n = match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
-                Ok(n) => n,
-                // A reset before any of the response: the backend closed, as with EOF.
-                Err(e) if self.buf.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => 0,
-                Err(e) => return Err(sent(UpstreamError::Io(e))),
+            // While the client's body is pending, a backend that already answers (a 413,
+            // a redirect, a stream of its own) is heard instead of waited on.
+            let next = poll_fn(|cx| match body.poll_data(cx) {
+                Poll::Ready(Some(d)) => Poll::Ready(Ok(Next::Data(d))),
+                Poll::Ready(None) => Poll::Ready(Ok(Next::End)),
+                Poll::Pending => match fill(&mut self.io, &mut self.buf, cx) {
+                    Poll::Ready(Ok(0)) => Poll::Ready(Err(failed(UpstreamError::Closed))),
+                    Poll::Ready(Ok(_)) => Poll::Ready(Ok(Next::Answered)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(failed(UpstreamError::Io(e)))),
+                    Poll::Pending => Poll::Pending,
+                },
+            })
+            .await?;
+            let piece = match next {
+                Next::Answered => return Ok(true),
+                Next::Data(d) => Some(d.map_err(Failure::Client)?),
+                Next::End => None,
             };
-            if n == 0 {
-                return Err(sent(if self.buf.is_empty() {
-                    UpstreamError::Closed
-                } else {
-                    UpstreamError::Malformed("connection closed inside the response head")
-                }));
+            let trailers = if piece.is_none() {
+                body.trailers()
+            } else {
+                None
+            };
+            write_piece(
+                &mut self.io,
+                piece.as_ref(),
+                chunked,
+                trailers.as_ref(),
+                timeout,
+                &mut self.scratch,
+            )
+            .await?;
+            if piece.is_none() {
+                return Ok(false);
             }
         }
     }
@@ -159,41 +227,44 @@ impl Conn {
         &self.fields
     }
 
-    /// `head` as an `http` response for hyper's server: hop-by-hop framing fields left
-    /// out (a `Connection` only when it names nothing else, for `headers::to_client`).
-    fn response(&mut self, head: Head) -> Result<Response<Framing>, UpstreamError> {
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
-        for f in &self.fields {
-            match f.known {
-                Known::Connection if !head.names_fields => continue,
-                Known::ContentLength if head.coded => continue,
-                _ => {}
-            }
-            let name = HeaderName::from_bytes(f.name(&head.bytes))
-                .map_err(|_| UpstreamError::Malformed("invalid header name"))?;
-            let (start, end) = (f.value.0 as usize, f.value.1 as usize);
-            let value = HeaderValue::from_maybe_shared(head.bytes.slice(start..end))
-                .map_err(|_| UpstreamError::Malformed("invalid header value"))?;
-            headers.append(name, value);
-        }
-        let mut resp = Response::new(head.framing);
-        *resp.status_mut() = head.status;
-        *resp.version_mut() = head.version;
-        *resp.headers_mut() = headers;
-        Ok(resp)
+    /// The connection as a byte stream for a tunnel, with what was read beyond the head.
+    pub fn into_tunnel(self) -> (Io, BytesMut) {
+        (self.io, self.buf)
     }
 
-    /// Read more into the buffer; `Ok(0)` is the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-            self.buf.reserve(READ_SIZE);
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+        upgrade: Option<&[u8]>,
+    ) -> Poll<Result<Head, UpstreamError>> {
+        loop {
+            if !self.buf.is_empty()
+                && let Some(head) = self.parse_head(head_request, upgrade)?
+            {
+                return Poll::Ready(Ok(head));
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Poll::Ready(Err(UpstreamError::Malformed("response head too large")));
+            }
+            let n = ready!(fill(&mut self.io, &mut self.buf, cx)).map_err(UpstreamError::Io)?;
+            if n == 0 {
+                return Poll::Ready(Err(if self.buf.is_empty() {
+                    UpstreamError::Closed
+                } else {
+                    UpstreamError::Malformed("connection closed inside the response head")
+                }));
+            }
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// The response head at the front of the buffer, if it is all there; informational
     /// (1xx) responses before it are skipped.
-    fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, UpstreamError> {
+    fn parse_head(
+        &mut self,
+        head_request: bool,
+        upgrade: Option<&[u8]>,
+    ) -> Result<Option<Head>, UpstreamError> {
         loop {
             // Uninitialized slots: filling 100 empty headers per response costs more than
             // parsing the handful a backend sends.
@@ -202,15 +273,29 @@ impl Conn {
             let parsed = httparse::ParserConfig::default()
                 .parse_response_with_uninit_headers(&mut r, &self.buf, &mut slots);
             let len = match parsed {
-                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+                Ok(httparse::Status::Complete(_)) => {
+                    return Err(UpstreamError::Malformed("response head too large"));
+                }
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(UpstreamError::Parse(e)),
             };
             let code = r.code.unwrap_or_default();
-            if (100..200).contains(&code) {
-                if code == 101 {
-                    return Err(UpstreamError::Malformed("switched protocols unasked"));
+            let switching = code == 101;
+            if switching {
+                let asked =
+                    upgrade.ok_or(UpstreamError::Malformed("switched protocols unasked"))?;
+                let to = r
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                    .map(|h| h.value);
+                if !to.is_some_and(|to| same_protocol(to, asked)) {
+                    return Err(UpstreamError::Malformed(
+                        "switched to another protocol than asked",
+                    ));
                 }
+            } else if (100..200).contains(&code) {
                 self.buf.advance(len);
                 continue;
             }
@@ -224,8 +309,8 @@ impl Conn {
             // HTTP/1.0 closes after each response unless it says otherwise.
             let mut close = version == Version::HTTP_10;
             let mut length: Option<u64> = None;
+            let mut lengths = 0;
             let mut chunked: Option<bool> = None;
-            let mut names_fields = false;
             self.fields.clear();
             for h in r.headers.iter() {
                 let known = Known::of(h.name.as_bytes());
@@ -237,6 +322,7 @@ impl Conn {
                             return Err(UpstreamError::Malformed("conflicting Content-Length"));
                         }
                         length = Some(n);
+                        lengths += 1;
                     }
                     // The last field's last coding decides (RFC 9112 §6.3).
                     Known::TransferEncoding => chunked = Some(last_token_is(h.value, b"chunked")),
@@ -245,9 +331,7 @@ impl Conn {
                             if token.eq_ignore_ascii_case(b"close") {
                                 close = true;
                             } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                                close = false;
-                            } else if wire::names_field(token) {
-                                names_fields = true;
+                                close &= version == Version::HTTP_11;
                             }
                         }
                     }
@@ -262,8 +346,14 @@ impl Conn {
                     value: (value.0 as u32, value.1 as u32),
                 });
             }
+            // HTTP/1.0 with a transfer coding is faulty framing (RFC 9112 §6.1), and a
+            // repeated length is suspect even when the values agree: read it, then close.
+            if (version == Version::HTTP_10 && chunked.is_some()) || lengths > 1 {
+                close = true;
+            }
             let bytes = self.buf.split_to(len).freeze();
-            let bodiless = head_request
+            let bodiless = switching
+                || head_request
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED;
             let kind = framing(bodiless, length, chunked, &mut close);
@@ -271,12 +361,133 @@ impl Conn {
                 status,
                 version,
                 bytes,
-                names_fields,
                 coded: chunked.is_some(),
                 framing: Framing { kind, close },
+                early: false,
             }));
         }
     }
+}
+
+/// Read more of `io` into `buf`; `Ok(0)` is the end of the stream.
+fn fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Write all of `data` to a backend, giving up after `timeout` without progress.
+pub async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut data: &[u8],
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let failed = |error| Failure::Backend { error, sent: true };
+    let mut stall = Stall::new(timeout);
+    while !data.is_empty() {
+        let n = poll_fn(|cx| match Pin::new(&mut *w).poll_write(cx, data) {
+            Poll::Pending if stall.stuck(cx) => Poll::Ready(Err(Failure::WriteStalled)),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(failed(UpstreamError::Closed))),
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(failed(UpstreamError::Io(e)))),
+        })
+        .await?;
+        stall.progress();
+        data = &data[n..];
+    }
+    poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx))
+        .await
+        .map_err(|e| failed(UpstreamError::Io(e)))
+}
+
+/// Write one piece of a request body (`None`: its end) to a backend, framed: chunk
+/// framing and a small piece go out in one write, a large piece from where it is.
+pub async fn write_piece<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    piece: Option<&Bytes>,
+    chunked: bool,
+    trailers: Option<&HeaderMap>,
+    timeout: Duration,
+    scratch: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    scratch.clear();
+    match piece {
+        Some(d) if chunked => {
+            chunked::chunk_header(scratch, d.len());
+            if d.len() <= COPY_SMALL {
+                scratch.extend_from_slice(d);
+                scratch.extend_from_slice(b"\r\n");
+            }
+        }
+        Some(d) if d.len() <= COPY_SMALL => scratch.extend_from_slice(d),
+        Some(_) => {}
+        None if chunked => chunked::last_chunk(scratch, trailers),
+        None => {}
+    }
+    write_all(w, scratch, timeout).await?;
+    if let Some(d) = piece.filter(|d| d.len() > COPY_SMALL) {
+        write_all(w, d, timeout).await?;
+        if chunked {
+            write_all(w, b"\r\n", timeout).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Send the rest of a request body to `w`, after the backend has already answered: the
+/// duplex case, where the response streams meanwhile.
+pub async fn send_rest<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    body: &mut dyn Source,
+    chunked: bool,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let mut scratch = Vec::new();
+    loop {
+        let piece = poll_fn(|cx| body.poll_data(cx))
+            .await
+            .transpose()
+            .map_err(Failure::Client)?;
+        let trailers = if piece.is_none() {
+            body.trailers()
+        } else {
+            None
+        };
+        write_piece(
+            w,
+            piece.as_ref(),
+            chunked,
+            trailers.as_ref(),
+            timeout,
+            &mut scratch,
+        )
+        .await?;
+        if piece.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether a 101's `Upgrade` names a protocol the request asked for (RFC 9110 §7.8).
+fn same_protocol(to: &[u8], asked: &[u8]) -> bool {
+    let mut to = tokens(to);
+    match (to.next(), to.next()) {
+        (Some(p), None) => tokens(asked).any(|a| a.eq_ignore_ascii_case(p)),
+        _ => false,
+    }
+}
+
+/// How the wait for a response head is timed: by the client connection's own clock (the
+/// lane, one exchange at a time) or by a timer of its own (HTTP/2 streams).
+pub trait Wait {
+    /// Run `head` until it is done, `None` when the response is overdue.
+    fn head<F: Future>(self, head: F) -> impl Future<Output = Option<F::Output>>;
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3), given what its head said: no body
@@ -295,7 +506,7 @@ fn framing(bodiless: bool, length: Option<u64>, chunked: Option<bool>, close: &m
                 *close = true;
             }
             if chunked {
-                Kind::Chunked(Chunk::Size)
+                Kind::Chunked(chunked::Decoder::default())
             } else {
                 *close = true;
                 Kind::UntilClose
@@ -310,23 +521,6 @@ fn framing(bodiless: bool, length: Option<u64>, chunked: Option<bool>, close: &m
     }
 }
 
-/// Write `req`'s head in HTTP/1.1 form.
-fn encode(req: &Request<RequestBody>, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 /// How the rest of a response is delimited, and how much of it is left.
 pub struct Framing {
     kind: Kind,
@@ -336,16 +530,9 @@ pub struct Framing {
 
 enum Kind {
     Length(u64),
-    Chunked(Chunk),
+    Chunked(chunked::Decoder),
     UntilClose,
     Done,
-}
-
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
 }
 
 impl Framing {
@@ -396,78 +583,51 @@ impl Framing {
         conn: &mut Conn,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        self.poll_frame_from(&mut conn.buf, &mut conn.io, cx)
+    }
+
+    /// The next piece of the body, from `buf` and then `io`.
+    pub fn poll_frame_from<R: AsyncRead + Unpin>(
+        &mut self,
+        buf: &mut BytesMut,
+        io: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         loop {
-            let need_more = match &mut self.kind {
+            match &mut self.kind {
                 Kind::Done => return Poll::Ready(None),
-                Kind::Length(left) | Kind::Chunked(Chunk::Data(left)) => {
-                    if conn.buf.is_empty() {
-                        true
-                    } else {
-                        let n = (*left).min(conn.buf.len() as u64);
-                        *left -= n;
-                        let data = conn.buf.split_to(n as usize).freeze();
-                        if *left == 0 {
-                            self.kind = match self.kind {
-                                Kind::Length(_) => Kind::Done,
-                                _ => Kind::Chunked(Chunk::DataEnd),
-                            };
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                Kind::UntilClose => {
-                    if conn.buf.is_empty() {
-                        true
-                    } else {
-                        let data = conn.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                Kind::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        conn.buf.advance(used);
-                        self.kind = Kind::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
-                        false
-                    }
-                    Ok(httparse::Status::Partial) => true,
-                    Err(_) => return self.fail(UpstreamError::Malformed("invalid chunk size")),
-                },
-                Kind::Chunked(Chunk::DataEnd) => {
-                    if conn.buf.len() < 2 {
-                        true
-                    } else if conn.buf.starts_with(b"\r\n") {
-                        conn.buf.advance(2);
-                        self.kind = Kind::Chunked(Chunk::Size);
-                        false
-                    } else {
-                        return self.fail(UpstreamError::Malformed("chunk not followed by CRLF"));
-                    }
-                }
-                Kind::Chunked(Chunk::Trailers) => match trailers(&conn.buf) {
-                    Ok(Some((used, fields))) => {
-                        conn.buf.advance(used);
+                Kind::Length(left) if !buf.is_empty() => {
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
                         self.kind = Kind::Done;
-                        return Poll::Ready(fields.map(|t| Ok(Frame::trailers(t))));
                     }
-                    Ok(None) if conn.buf.len() < MAX_HEAD => true,
-                    Ok(None) => return self.fail(UpstreamError::Malformed("trailers too large")),
-                    Err(e) => return self.fail(e),
-                },
-            };
-            if need_more {
-                match ready!(conn.poll_fill(cx)) {
-                    Ok(0) if matches!(self.kind, Kind::UntilClose) => {
-                        self.kind = Kind::Done;
-                        return Poll::Ready(None);
-                    }
-                    Ok(0) => return self.fail(UpstreamError::Closed),
-                    Ok(_) => {}
-                    Err(e) => return self.fail(UpstreamError::Io(e)),
+                    let data = buf.split_to(n as usize).freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
+                Kind::UntilClose if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Kind::Chunked(d) if !buf.is_empty() => match d.decode(buf) {
+                    Ok(Some(Piece::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Piece::End(trailers))) => {
+                        self.kind = Kind::Done;
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return self.fail(UpstreamError::Chunked(e)),
+                },
+                _ => {}
+            }
+            match ready!(fill(io, buf, cx)) {
+                Ok(0) if matches!(self.kind, Kind::UntilClose) => {
+                    self.kind = Kind::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return self.fail(UpstreamError::Closed),
+                Ok(_) => {}
+                Err(e) => return self.fail(UpstreamError::Io(e)),
             }
         }
     }
@@ -479,28 +639,44 @@ impl Framing {
     }
 }
 
-/// The trailer section at the front of `buf`: bytes used and the fields (`None` when
-/// there are none), or `Ok(None)` while incomplete.
-#[allow(clippy::type_complexity)]
-fn trailers(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, UpstreamError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (used, fields) = match httparse::parse_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete(c)) => c,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(UpstreamError::Parse(e)),
-    };
-    if fields.is_empty() {
-        return Ok(Some((used, None)));
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t).poll_read(cx, buf),
+        }
     }
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes())
-            .map_err(|_| UpstreamError::Malformed("invalid trailer name"))?;
-        let value = HeaderValue::from_bytes(f.value)
-            .map_err(|_| UpstreamError::Malformed("invalid trailer value"))?;
-        map.append(name, value);
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Tls(t) => Pin::new(t).poll_write(cx, buf),
+        }
     }
-    Ok(Some((used, Some(map))))
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t).poll_shutdown(cx),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -508,13 +684,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trailer_sections() {
-        assert!(matches!(trailers(b"\r\n"), Ok(Some((2, None)))));
-        assert!(matches!(trailers(b"a: 1\r\n"), Ok(None)));
-        let Ok(Some((n, Some(map)))) = trailers(b"grpc-status: 0\r\n\r\nrest") else {
-            panic!("a complete trailer section");
-        };
-        assert_eq!(n, 18);
-        assert_eq!(map["grpc-status"], "0");
+    fn a_101_must_switch_to_what_was_asked() {
+        assert!(same_protocol(b"websocket", b"websocket"));
+        assert!(same_protocol(b"WebSocket", b"foo, websocket"));
+        assert!(!same_protocol(b"something-else", b"websocket"));
+        assert!(!same_protocol(b"websocket, h2c", b"websocket"));
+        assert!(!same_protocol(b"", b"websocket"));
     }
 }

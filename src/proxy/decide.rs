@@ -1,0 +1,368 @@
+//! The decision step: what the proxy does with a request, decided once, from the request
+//! alone and the snapshot, before anything touches the network.
+//!
+//! [`decide`] is the same function for every wire path (the HTTP/1 lane reads the request
+//! on its bytes, hyper's HTTP/2 server hands over `http` parts: both implement [`View`])
+//! and for `switchyard explain`. In order: CONNECT (501); the target's form and its path,
+//! normalized (400); the host, from the target's authority or the one `Host` field, which
+//! must be a valid RFC 3986 host (400); the TLS name guard (421); `redirect_https` (308);
+//! the route, by the router's precedence with method, header and cookie fallback (404);
+//! a declared body over the route's limit (413); the pool and its first backend (503 when
+//! every backend is down and the pool rejects). Pure and synchronous but for the
+//! balancer's atomics.
+
+use super::ConnInfo;
+use crate::error::ProxyError;
+use crate::pool::{Pick, Tried};
+use crate::router::path::{self, PathError};
+use crate::router::{Fields, Trace};
+use crate::snapshot::Snapshot;
+use http::{HeaderValue, Method, Version};
+use std::borrow::Cow;
+
+/// What `decide` reads of a request, whatever wire path it arrived on.
+pub trait View: Fields {
+    fn version(&self) -> Version;
+    /// The request target, taken apart (errors are 400s).
+    fn target(&self) -> Result<Target<'_>, ProxyError>;
+    /// The first `Host` field value, and whether there was more than one.
+    fn host_field(&self) -> (Option<&[u8]>, bool);
+    /// The declared body length, if the request declares one.
+    fn content_length(&self) -> Option<u64>;
+}
+
+/// A request target's parts (RFC 9112 §3.2), borrowed from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The authority of an absolute-form target (`:authority` on HTTP/2).
+    pub authority: Option<&'a str>,
+    /// The path as sent (not normalized), starting with `/`.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// Take apart an HTTP/1 request target: origin-form, or absolute-form with an `http`
+    /// or `https` scheme. Asterisk-form and authority-form (CONNECT's, refused before
+    /// this) are 400s, as are characters a URI may not hold and a fragment.
+    pub fn parse(raw: &'a str) -> Result<Target<'a>, ProxyError> {
+        let (authority, rest) = if raw.starts_with('/') {
+            (None, raw)
+        } else {
+            let (scheme, rest) = raw.split_once("://").ok_or(ProxyError::BadRequest(
+                "request target is not origin or absolute form",
+            ))?;
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+                return Err(ProxyError::BadRequest(
+                    "request target has an unknown scheme",
+                ));
+            }
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (authority, rest) = rest.split_at(end);
+            if authority.is_empty() || !valid_host(authority.as_bytes()) {
+                return Err(ProxyError::BadRequest(
+                    "invalid authority in request target",
+                ));
+            }
+            (Some(authority), rest)
+        };
+        let (path, query) = match rest.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rest, None),
+        };
+        if !path.bytes().all(is_path_char) || !query.is_none_or(|q| q.bytes().all(is_query_char)) {
+            return Err(ProxyError::BadRequest(
+                "invalid character in request target",
+            ));
+        }
+        let path = if path.is_empty() { "/" } else { path };
+        Ok(Target {
+            authority,
+            path,
+            query,
+        })
+    }
+}
+
+/// A decided request.
+pub enum Decision<'a> {
+    /// `redirect_https`: a 308 to this `Location`.
+    Redirect(HeaderValue),
+    Forward(Forward<'a>),
+}
+
+/// A request to forward, and where.
+pub struct Forward<'a> {
+    /// The host as the client sent it (with any port), for `X-Forwarded-Host` and logs.
+    pub raw_host: &'a str,
+    /// The host for routing: lower case, no port.
+    pub host: Cow<'a, str>,
+    /// The normalized path: what is routed and what the backend gets.
+    pub path: Cow<'a, str>,
+    pub query: Option<&'a str>,
+    /// The target's authority, when the request carried one (absolute-form or HTTP/2):
+    /// the backend gets it as `Host`.
+    pub authority: Option<&'a str>,
+    /// Index of the route in the snapshot's config.
+    pub route: usize,
+    /// Index of the pool in the snapshot.
+    pub pool: usize,
+    /// The first backend to try.
+    pub backend: usize,
+    /// No backend is healthy, and the pool fails open: this one is tried anyway.
+    pub fail_open: bool,
+    /// The route's body limit.
+    pub body_limit: u64,
+}
+
+impl Forward<'_> {
+    /// Whether the path changed in normalization, so the backend's target must be written
+    /// afresh rather than copied.
+    pub fn path_changed(&self) -> bool {
+        matches!(self.path, Cow::Owned(_))
+    }
+}
+
+/// Decide what to do with `req`, which arrived on `conn`; `trace` hears every route
+/// candidate (`()` for none).
+pub fn decide<'a>(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    req: &'a impl View,
+    trace: &mut impl Trace,
+) -> Result<Decision<'a>, ProxyError> {
+    if *req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotSupported);
+    }
+    let target = req.target()?;
+    let normalized = path::normalize(target.path).map_err(|e| {
+        ProxyError::BadRequest(match e {
+            PathError::NotAbsolute => "request target is not an absolute path",
+            PathError::AboveRoot => "path climbs above the root",
+            PathError::BadEscape => "malformed percent-encoding in path",
+        })
+    })?;
+    let raw_host = raw_host(req, &target)?;
+    let host = host_name(raw_host);
+    if let Some(tls) = &conn.tls
+        && !tls.allows(&host)
+    {
+        return Err(ProxyError::Misdirected);
+    }
+    if let Some(port) = conn.redirect_https {
+        return redirect(&host, &target, port).map(Decision::Redirect);
+    }
+    let route = snap
+        .router
+        .find_traced(&host, &normalized, req, trace)
+        .ok_or(ProxyError::NoRoute)?;
+    let r = &snap.config.routes[route];
+    let body_limit = r
+        .max_request_body_bytes
+        .unwrap_or(snap.config.limits.max_request_body_bytes);
+    if req.content_length().is_some_and(|n| n > body_limit) {
+        return Err(ProxyError::BodyTooLarge(crate::body::TooLarge {
+            limit: body_limit,
+        }));
+    }
+    let pool = &snap.pools[r.pool];
+    let (backend, fail_open) = match pool.pick(&Tried::default()) {
+        Pick::Healthy(i) => (i, false),
+        Pick::FailOpen(i) => (i, true),
+        Pick::AllDown | Pick::Exhausted => {
+            return Err(ProxyError::NoHealthyBackend {
+                pool: pool.name.clone(),
+            });
+        }
+    };
+    Ok(Decision::Forward(Forward {
+        raw_host,
+        host,
+        path: normalized,
+        query: target.query,
+        authority: target.authority,
+        route,
+        pool: r.pool,
+        backend,
+        fail_open,
+        body_limit,
+    }))
+}
+
+/// The authority of the target, else the one Host field (RFC 9112 §3.2.2: the target's
+/// authority wins); empty for an HTTP/1.0 request with neither.
+fn raw_host<'a>(req: &'a impl View, target: &Target<'a>) -> Result<&'a str, ProxyError> {
+    if let Some(a) = target.authority {
+        return Ok(a);
+    }
+    match req.host_field() {
+        (Some(_), true) => Err(ProxyError::BadRequest("more than one Host header")),
+        (Some(h), false) if valid_host(h) => {
+            Ok(std::str::from_utf8(h).expect("a valid host is ASCII"))
+        }
+        (Some(_), false) => Err(ProxyError::BadRequest("invalid Host header")),
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("missing Host header"))
+        }
+        (None, _) => Ok(""),
+    }
+}
+
+/// Whether `h` is `host [ ":" port ]` per RFC 3986 §3.2.2: an IP literal in brackets, or
+/// a name of unreserved characters, percent escapes and sub-delimiters. No user info, no
+/// spaces, nothing a backend could read as a second authority.
+pub fn valid_host(h: &[u8]) -> bool {
+    let (name, port) = if h.first() == Some(&b'[') {
+        let Some(close) = h.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &h[1..close];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        (&h[..0], &h[close + 1..])
+    } else {
+        let end = h.iter().position(|&b| b == b':').unwrap_or(h.len());
+        (&h[..end], &h[end..])
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok
+        && name.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        })
+}
+
+/// Lower-case `raw` and drop its port (`[::1]:80` -> `[::1]`).
+pub fn host_name(raw: &str) -> Cow<'_, str> {
+    let b = raw.as_bytes();
+    let end = if b.first() == Some(&b'[') {
+        b.iter().position(|&c| c == b']').map_or(b.len(), |i| i + 1)
+    } else {
+        let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        match b.len() - digits {
+            colon @ 1.. if b[colon - 1] == b':' => colon - 1,
+            _ => b.len(),
+        }
+    };
+    let name = &raw[..end];
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// `redirect_https`: the `Location` of a 308 to the same host and target on `port`.
+fn redirect(host: &str, target: &Target<'_>, port: u16) -> Result<HeaderValue, ProxyError> {
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    let mut location = format!("https://{host}");
+    if port != 443 {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(target.path);
+    if let Some(q) = target.query {
+        location.push('?');
+        location.push_str(q);
+    }
+    HeaderValue::try_from(location)
+        .map_err(|_| ProxyError::BadRequest("target cannot be redirected"))
+}
+
+/// Characters `http::Uri` takes in a path: RFC 3986's, plus `"`, `{` and `}`, which
+/// clients send unescaped (JSON in paths), plus UTF-8.
+fn is_path_char(b: u8) -> bool {
+    matches!(b, 0x21 | 0x22 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7E | 0x80..=0xFF)
+}
+
+/// Characters `http::Uri` takes in a query.
+fn is_query_char(b: u8) -> bool {
+    matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E | 0x80..=0xFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_lose_port_and_case() {
+        assert_eq!(host_name("Shop.Example.com:8080"), "shop.example.com");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert_eq!(host_name("a.test"), "a.test");
+        assert_eq!(host_name("a.test:"), "a.test");
+        assert_eq!(host_name("1234"), "1234");
+    }
+
+    #[test]
+    fn hosts_are_rfc_3986_hosts() {
+        for ok in [
+            "a.test",
+            "A-b.test:8080",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "[::1]",
+            "a.test:",
+            "x%41",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "a b", "a@b", "a/b", "a:b:80", "[::1", "[]", "a\tb", "a:80x", "[::1]x", "a\"b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_are_origin_or_absolute_form() {
+        let t = Target::parse("/a/b?c=d").unwrap();
+        assert_eq!((t.authority, t.path, t.query), (None, "/a/b", Some("c=d")));
+        let t = Target::parse("http://Shop.test:80/x?y").unwrap();
+        assert_eq!(
+            (t.authority, t.path, t.query),
+            (Some("Shop.test:80"), "/x", Some("y"))
+        );
+        let t = Target::parse("HTTPS://a.test").unwrap();
+        assert_eq!((t.authority, t.path), (Some("a.test"), "/"));
+        for bad in [
+            "*",
+            "a.test:443",
+            "ftp://a/b",
+            "http://u@a/b",
+            "http:///b",
+            "/a#f",
+            "/a<b",
+            "/a?b#c",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Target::parse("/{\"json\":1}").is_ok());
+    }
+}

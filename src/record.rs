@@ -1,0 +1,215 @@
+//! One record per request: what happened to it, from its first byte to its last.
+//!
+//! Every request has one, whichever wire path served it and however it ended: proxied,
+//! refused by the lane's own framing checks, plain HTTP on a TLS port, cut off. The wire
+//! paths and the pipeline fill it in as they go (route, pool, backend, attempts, status,
+//! bytes, when the backend answered), and it is finished exactly once, where it is
+//! dropped: when the response body is done (or abandoned). Finishing hands it to the
+//! access log; metrics read it in the same place. It costs no allocation unless the access
+//! log is on, which also wants the request's text (host, target, referer, user agent).
+
+use crate::proxy::ConnInfo;
+use crate::snapshot::Snapshot;
+use http::{HeaderValue, Method, Version};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A request's record.
+pub struct Record {
+    pub conn: Arc<ConnInfo>,
+    start: Instant,
+    /// `None` when the request line did not parse.
+    pub method: Option<Method>,
+    pub version: Version,
+    /// The snapshot the request was decided on; `route`, `pool` and `backend` index it.
+    pub snap: Option<Arc<Snapshot>>,
+    pub route: Option<usize>,
+    pub pool: Option<usize>,
+    pub backend: Option<usize>,
+    /// Backends tried (connect attempts included).
+    pub attempts: u32,
+    /// No backend was healthy, and this one was tried anyway.
+    pub fail_open: bool,
+    /// The status the client got (0 while none).
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+    /// When the backend's response head arrived, counted from the start.
+    pub upstream_head: Option<Duration>,
+    /// Why the request failed, as [`crate::error::ProxyError::kind`].
+    pub error: Option<&'static str>,
+    id: RequestId,
+    /// What the access log alone reads; filled only while it is on.
+    pub text: Option<Box<Text>>,
+    // TODO(#10): the sticky decision and the split variant.
+}
+
+/// The route, pool and backend of a request, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    pub route: Option<Arc<str>>,
+    pub pool: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+}
+
+/// The request's own words, for the access log.
+#[derive(Debug, Default, Clone)]
+pub struct Text {
+    /// As sent, port included.
+    pub host: String,
+    /// The target as sent, query included.
+    pub target: String,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A request id: the client's, or one made here (kept as bytes until a `HeaderValue` is
+/// needed).
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    None,
+    Given(HeaderValue),
+    Made([u8; 32]),
+}
+
+impl RequestId {
+    /// The client's id when it may be used, else a new one.
+    pub fn of(client: Option<&[u8]>) -> RequestId {
+        match client.and_then(|c| HeaderValue::from_bytes(c).ok()) {
+            Some(v) => RequestId::Given(v),
+            None => RequestId::Made(new_request_id()),
+        }
+    }
+
+    /// Whether the id is the client's.
+    pub fn is_given(&self) -> bool {
+        matches!(self, RequestId::Given(_))
+    }
+}
+
+impl Record {
+    /// A record for a request that starts now on `conn`.
+    pub fn start(conn: &Arc<ConnInfo>) -> Record {
+        conn.clock.request_started();
+        Record {
+            conn: conn.clone(),
+            start: Instant::now(),
+            method: None,
+            version: Version::HTTP_11,
+            snap: None,
+            route: None,
+            pool: None,
+            backend: None,
+            attempts: 0,
+            fail_open: false,
+            status: 0,
+            bytes: 0,
+            upstream_head: None,
+            error: None,
+            id: RequestId::None,
+            text: None,
+        }
+    }
+
+    /// Whether [`Record::text`] is wanted.
+    pub fn wants_text(&self) -> bool {
+        self.conn.log.enabled()
+    }
+
+    /// Set the request id.
+    pub fn set_id(&mut self, id: RequestId) {
+        self.id = id;
+    }
+
+    /// The request id, made now if none was set.
+    pub fn id(&mut self) -> &[u8] {
+        if let RequestId::None = self.id {
+            self.id = RequestId::Made(new_request_id());
+        }
+        match &self.id {
+            RequestId::Given(v) => v.as_bytes(),
+            RequestId::Made(b) => b,
+            RequestId::None => unreachable!("an id was just made"),
+        }
+    }
+
+    /// Whether the request id is the client's own.
+    pub fn id_is_given(&self) -> bool {
+        self.id.is_given()
+    }
+
+    /// The backend has answered: note when.
+    pub fn answered(&mut self) {
+        self.upstream_head = Some(self.start.elapsed());
+    }
+
+    /// How long the request has taken so far.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The names of the route, pool and backend the request went to, as far as it got.
+    pub fn names(&self) -> Names {
+        let Some(snap) = &self.snap else {
+            return Names::default();
+        };
+        let pool = self.pool.map(|p| &snap.pools[p]);
+        Names {
+            route: self.route.map(|r| snap.config.routes[r].name.clone()),
+            pool: pool.map(|p| p.name.clone()),
+            backend: pool
+                .zip(self.backend)
+                .map(|(p, b)| p.backends[b].label.clone()),
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.conn.clock.request_finished();
+        if self.conn.log.enabled() {
+            let entry = crate::access_log::Entry::of(self, SystemTime::now());
+            self.conn.log.send(entry);
+        }
+    }
+}
+
+/// The digits of a new random request id (32 hex digits).
+pub fn new_request_id() -> [u8; 32] {
+    let mut buf = [0u8; 32];
+    let n = fastrand::u128(..).to_le_bytes();
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(n) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+    }
+    buf
+}
+
+/// Each byte value as two lower-case hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        assert!(RequestId::of(Some(b"abc")).is_given());
+        let RequestId::Made(a) = RequestId::of(None) else {
+            panic!("made")
+        };
+        let RequestId::Made(b) = RequestId::of(Some(b"bad\x01")) else {
+            panic!("made for an unusable id")
+        };
+        assert!(a.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        assert_ne!(a, b);
+    }
+}
