@@ -203,9 +203,95 @@ async fn the_common_log_carries_referer_and_user_agent() {
     stop_binary(child, guard).await;
 }
 
+#[tokio::test]
+async fn the_proxys_own_400s_are_access_logged() {
+    let backend = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = support::tls::Ca::new().leaf(dir.path(), "a", &["a.test", "127.0.0.1"]);
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n\
+             \x20 - {{name: web, bind: \"127.0.0.1:0\"}}\n\
+             \x20 - {{name: websecure, bind: \"127.0.0.1:0\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}\n\
+             access_log: json\n\
+             pools: {{p: {{backends: [{{addr: \"{}\"}}]}}}}\n\
+             routes: [{{name: all, pool: p}}]\n",
+            leaf.cert.display(),
+            leaf.key.display(),
+            backend.addr
+        ),
+    )
+    .unwrap();
+    let (mut child, guard, addrs) = start_binary_listening(&config, 1, 2);
+    let (plain, tls) = (addrs[0].parse().unwrap(), addrs[1].parse().unwrap());
+    // A request line that does not parse, on the plain listener.
+    let garbage = raw(
+        plain,
+        b"GET /a b c HTTP/1.1\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    // Plain HTTP on the TLS listener.
+    let plain_on_tls = raw(
+        tls,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(plain_on_tls.starts_with("HTTP/1.1 400"), "{plain_on_tls}");
+    // A proxied request after them: its line shows the log is being read.
+    assert_eq!(get(&format!("http://{plain}/after")).await.status, 200);
+    // The access log: read on a thread, so that a missing line is a bounded wait.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut logged_400, mut after) = (Vec::new(), false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while logged_400.len() < 2 || !after {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if log["status"] == 400 {
+            logged_400.push(log["listener"].as_str().unwrap_or_default().to_string());
+        }
+        after |= log["path"] == "/after";
+    }
+    assert!(after, "the proxied request was not logged");
+    logged_400.sort();
+    assert_eq!(
+        logged_400,
+        ["web", "websecure"],
+        "listeners with an access log line for their 400"
+    );
+    stop_binary(child, guard).await;
+}
+
 /// The binary on `config` with `workers` workers, once it is listening: the child, a guard
 /// that kills it if the test fails before [`stop_binary`], and the listener's address.
 fn start_binary(config: &Path, workers: u16) -> (Child, KillOnDrop, String) {
+    let (child, guard, mut addrs) = start_binary_listening(config, workers, 1);
+    (child, guard, addrs.remove(0))
+}
+
+/// As [`start_binary`], once `listeners` listeners are listening: their addresses in the
+/// order they were logged (the config's).
+fn start_binary_listening(
+    config: &Path,
+    workers: u16,
+    listeners: usize,
+) -> (Child, KillOnDrop, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["--config", config.to_str().unwrap()])
         .args(["--workers", &workers.to_string()])
@@ -216,19 +302,20 @@ fn start_binary(config: &Path, workers: u16) -> (Child, KillOnDrop, String) {
     let guard = KillOnDrop(Some(child.id()));
     // Readiness: the "listening" log line carries the bound address.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
+    let mut addrs = Vec::new();
+    while addrs.len() < listeners {
         let mut line = String::new();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
             "exited before listening"
         );
         if let Some(i) = line.find("addr=") {
-            break line[i + 5..].trim().to_string();
+            addrs.push(line[i + 5..].trim().to_string());
         }
-    };
+    }
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, guard, addr)
+    (child, guard, addrs)
 }
 
 /// SIGTERM, and the binary exits 0.

@@ -453,3 +453,524 @@ pub async fn raw(addr: SocketAddr, raw: &[u8], limit: Duration) -> String {
     let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+// ---------------------------------------------------------------------------------------
+// Added for the framing, timeout, upgrade and edit tests (tests/framing.rs, timeouts.rs,
+// upgrade.rs, upstream_framing.rs, edits.rs). The helpers above are unchanged.
+// ---------------------------------------------------------------------------------------
+
+impl Proxy {
+    /// As [`Proxy::start`], with `workers` workers (`Server::bind_workers`): worker 0 on the
+    /// test's runtime, the others on threads of their own.
+    pub async fn start_workers(yaml: &str, addrs: &[(&str, SocketAddr)], workers: usize) -> Proxy {
+        let mut text = yaml
+            .replace("{listen}", "127.0.0.1:0")
+            .replace("{listen2}", "127.0.0.1:0")
+            .replace("{admin}", "127.0.0.1:0");
+        for (name, addr) in addrs {
+            text = text.replace(&format!("{{{name}}}"), &addr.to_string());
+        }
+        let loaded = switchyard::config::parse(Path::new("test.yaml"), &text)
+            .unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{text}"));
+        let names: Vec<_> = loaded
+            .config
+            .listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        let server = Server::bind_workers(loaded.config, workers)
+            .await
+            .expect("bind");
+        let addr = server.listener_addr(&names[0]).expect("listener bound");
+        let addrs = names
+            .iter()
+            .map(|n| (n.to_string(), server.listener_addr(n).expect("bound")))
+            .collect();
+        let admin = server.admin_addr();
+        let shared = server.shared();
+        let (tx, rx) = oneshot::channel();
+        let done = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            addrs,
+            admin,
+            shared,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+}
+
+/// One HTTP/1.x response read off a raw connection.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The status line and header lines, without the blank line.
+    pub head: String,
+    /// The body, de-chunked when it came chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The value of header `name` (ASCII case-insensitive), the first if repeated.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.head, name)
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The value of the first `name` line in `head` (ASCII case-insensitive, trimmed).
+pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    header_values(head, name).into_iter().next()
+}
+
+/// The values of every `name` line in `head` (ASCII case-insensitive, trimmed).
+pub fn header_values<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+        .collect()
+}
+
+/// How a [`RawConn`] read ended when no whole response came.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoResponse {
+    /// The peer closed (or reset) the connection; the bytes that came before it.
+    Closed(String),
+    /// Nothing conclusive within the limit; the bytes so far.
+    TimedOut(String),
+}
+
+/// A client connection that writes exact bytes and reads responses one at a time.
+pub struct RawConn {
+    pub stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub async fn open(addr: SocketAddr) -> RawConn {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = stream.set_nodelay(true);
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Write `bytes` (in one write call); false if the connection refused them.
+    pub async fn write(&mut self, bytes: impl AsRef<[u8]>) -> bool {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes.as_ref()).await.is_ok()
+    }
+
+    /// Read one response within `limit`; `head_request` when it answers a HEAD.
+    pub async fn response_to(
+        &mut self,
+        head_request: bool,
+        limit: Duration,
+    ) -> Result<RawResponse, NoResponse> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some((resp, used)) = parse_response(&self.buf, head_request) {
+                self.buf.drain(..used);
+                return Ok(resp);
+            }
+            let mut chunk = [0u8; 16384];
+            let so_far = || String::from_utf8_lossy(&self.buf).into_owned();
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Err(NoResponse::TimedOut(so_far())),
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    // A body delimited by the close ends here.
+                    if let Some(resp) = close_delimited(&self.buf) {
+                        self.buf.clear();
+                        return Ok(resp);
+                    }
+                    return Err(NoResponse::Closed(so_far()));
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Read one response (not to a HEAD) within `limit`.
+    pub async fn response(&mut self, limit: Duration) -> Result<RawResponse, NoResponse> {
+        self.response_to(false, limit).await
+    }
+
+    /// Read (and discard) until the peer closes; how long that took, or None if the
+    /// connection was still open after `limit`.
+    pub async fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
+        use tokio::io::AsyncReadExt;
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut chunk = [0u8; 16384];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Bytes read but not yet returned as a response.
+    pub fn unread(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+}
+
+/// The first whole response in `buf` and its length in bytes, if it is all there.
+fn parse_response(buf: &[u8], head_request: bool) -> Option<(RawResponse, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end - 4]).into_owned();
+    let status: u16 = head.split(' ').nth(1)?.trim().parse().ok()?;
+    let no_body = head_request || status < 200 || status == 204 || status == 304;
+    let resp = |body: Vec<u8>| RawResponse {
+        status,
+        head: head.clone(),
+        body,
+    };
+    if no_body {
+        return Some((resp(Vec::new()), end));
+    }
+    let chunked = header_values(&head, "transfer-encoding")
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        let (body, used) = dechunk(&buf[end..])?;
+        return Some((resp(body), end + used));
+    }
+    if let Some(len) = header_value(&head, "content-length") {
+        let len: usize = len.parse().ok()?;
+        if buf.len() < end + len {
+            return None;
+        }
+        return Some((resp(buf[end..end + len].to_vec()), end + len));
+    }
+    // Delimited by the close: whole only once the connection ends.
+    None
+}
+
+/// A response whose body runs to the close, from everything read.
+fn close_delimited(buf: &[u8]) -> Option<RawResponse> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end - 4]).into_owned();
+    let status: u16 = head.split(' ').nth(1)?.trim().parse().ok()?;
+    if header_value(&head, "content-length").is_some()
+        || header_value(&head, "transfer-encoding").is_some()
+    {
+        return None;
+    }
+    Some(RawResponse {
+        status,
+        head,
+        body: buf[end..].to_vec(),
+    })
+}
+
+/// A whole chunked body at the front of `buf`, decoded, and the bytes it took (trailers
+/// included); None while incomplete or malformed.
+pub fn dechunk(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = at + buf[at..].windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&buf[at..line_end]).ok()?;
+        let size = line.split(';').next()?.trim();
+        let size = usize::from_str_radix(size, 16).ok()?;
+        at = line_end + 2;
+        if size == 0 {
+            // Trailer lines, then the blank line.
+            loop {
+                let e = at + buf[at..].windows(2).position(|w| w == b"\r\n")?;
+                let blank = e == at;
+                at = e + 2;
+                if blank {
+                    return Some((body, at));
+                }
+            }
+        }
+        if buf.len() < at + size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&buf[at..at + size]);
+        if &buf[at + size..at + size + 2] != b"\r\n" {
+            return None;
+        }
+        at += size + 2;
+    }
+}
+
+/// One request as a [`BodyBackend`] received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The connection it came on (from 0, in accept order).
+    pub conn: usize,
+    /// The request head, as received, blank line included.
+    pub head: String,
+    /// The body, de-chunked when it came chunked.
+    pub body: Vec<u8>,
+}
+
+/// A raw backend that reads whole requests, bodies included (by Content-Length or chunked),
+/// records each, and answers 200 with the body it received (`x-got: LENGTH`; no body to a
+/// HEAD). It closes a connection whose request it cannot frame.
+pub struct BodyBackend {
+    pub addr: SocketAddr,
+    pub conns: Arc<AtomicUsize>,
+    pub got: Arc<std::sync::Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BodyBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl BodyBackend {
+    pub async fn start() -> BodyBackend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, g) = (conns.clone(), got.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = c.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp.set_nodelay(true);
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // Read until one whole request is in `buf`.
+                        let (head, body, used) = loop {
+                            if let Some(whole) = parse_request(&buf) {
+                                break whole;
+                            }
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                                && request_is_unframeable(&buf[..end + 4], &buf[end + 4..])
+                            {
+                                return;
+                            }
+                            let mut chunk = [0u8; 16384];
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        };
+                        buf.drain(..used);
+                        g.lock().unwrap().push(Received {
+                            conn,
+                            head: head.clone(),
+                            body: body.clone(),
+                        });
+                        let mut out = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nx-got: {}\r\n\r\n",
+                            body.len(),
+                            body.len()
+                        )
+                        .into_bytes();
+                        if !head.starts_with("HEAD ") {
+                            out.extend_from_slice(&body);
+                        }
+                        if tcp.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        BodyBackend {
+            addr,
+            conns,
+            got,
+            task,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
+
+/// A whole request at the front of `buf`: its head, its decoded body, the bytes it took.
+fn parse_request(buf: &[u8]) -> Option<(String, Vec<u8>, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let chunked = header_values(&head, "transfer-encoding")
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        let (body, used) = dechunk(&buf[end..])?;
+        return Some((head, body, end + used));
+    }
+    let len = match header_value(&head, "content-length") {
+        Some(v) => v.parse().ok()?,
+        None => 0,
+    };
+    if buf.len() < end + len {
+        return None;
+    }
+    Some((head, buf[end..end + len].to_vec(), end + len))
+}
+
+/// A chunked body that can never become whole (a size line that is not hex): the
+/// [`BodyBackend`] gives up on its connection rather than wait for ever.
+fn request_is_unframeable(head: &[u8], rest: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(head);
+    let chunked = header_values(&head, "transfer-encoding")
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("chunked"));
+    if !chunked {
+        return header_value(&head, "content-length").is_some_and(|v| v.parse::<usize>().is_err());
+    }
+    let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    let line = String::from_utf8_lossy(&rest[..line_end]);
+    let size = line.split(';').next().unwrap_or("").trim();
+    usize::from_str_radix(size, 16).is_err()
+}
+
+/// How a [`Streamer`] connection's writing ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streamed {
+    /// Bytes the connection accepted after the first write.
+    pub written: usize,
+    /// A write failed: the peer closed the connection.
+    pub failed: bool,
+    /// A write made no progress for [`Streamer::STALL`]: the peer stopped reading.
+    pub stalled: bool,
+}
+
+/// A raw backend that, for the first request on each connection (its head and any
+/// Content-Length body read), writes `first` in one write, then `piece` over and over
+/// until `total` bytes of pieces are written or a write fails or stalls, and records how
+/// that ended. It holds the connection open afterwards.
+pub struct Streamer {
+    pub addr: SocketAddr,
+    pub ended: Arc<std::sync::Mutex<Vec<Streamed>>>,
+    /// Piece bytes written so far, over every connection, while they are being written.
+    pub progress: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Streamer {
+    /// How long one write may block before the peer counts as not reading.
+    pub const STALL: Duration = Duration::from_secs(10);
+
+    pub async fn start(first: Vec<u8>, piece: Vec<u8>, total: usize) -> Streamer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let progress = Arc::new(AtomicUsize::new(0));
+        let (e, pr) = (ended.clone(), progress.clone());
+        let (first, piece) = (Arc::new(first), Arc::new(piece));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (e, pr) = (e.clone(), pr.clone());
+                let (first, piece) = (first.clone(), piece.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while parse_request(&buf).is_none() {
+                        let mut chunk = [0u8; 16384];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let mut out = Streamed {
+                        written: 0,
+                        failed: false,
+                        stalled: false,
+                    };
+                    if tcp.write_all(&first).await.is_err() {
+                        out.failed = true;
+                    }
+                    while !out.failed && out.written < total {
+                        match tokio::time::timeout(Streamer::STALL, tcp.write(&piece)).await {
+                            Err(_) => {
+                                out.stalled = true;
+                                break;
+                            }
+                            Ok(Err(_)) | Ok(Ok(0)) => out.failed = true,
+                            Ok(Ok(n)) => {
+                                out.written += n;
+                                pr.fetch_add(n, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                    e.lock().unwrap().push(out);
+                    // Hold the connection open: only the proxy may close it.
+                    let mut sink = [0u8; 4096];
+                    while let Ok(n) = tcp.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Streamer {
+            addr,
+            ended,
+            progress,
+            task,
+        }
+    }
+
+    /// How the connections so far ended their writing.
+    pub fn ended(&self) -> Vec<Streamed> {
+        self.ended.lock().unwrap().clone()
+    }
+
+    /// Piece bytes written so far.
+    pub fn progress(&self) -> usize {
+        self.progress.load(Ordering::SeqCst)
+    }
+
+    /// How the first connection ended its writing, waiting up to `limit` for it to end.
+    pub async fn first_ended(&self, limit: Duration) -> Option<Streamed> {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.ended().first() {
+                return Some(*e);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
