@@ -920,10 +920,32 @@ fn tell_client(r: &Replay) -> String {
     s
 }
 
-/// A refusal: a 4xx, or a 505 for a version other than 1.0 and 1.1.
+/// A refusal: a 4xx, a 505 for a version other than 1.0 and 1.1, or a 501 for a request
+/// with a transfer coding the proxy does not decode (RFC 9112 §6.1; what nginx answers).
 fn refused(status: u16, case: &Case) -> bool {
     (400..500).contains(&status)
         || (status == 505 && case.version != b"HTTP/1.1" && case.version != b"HTTP/1.0")
+        || (status == 501 && has_coding_other_than_chunked(case))
+}
+
+/// Whether a case's `Transfer-Encoding` names a registered coding other than chunked.
+fn has_coding_other_than_chunked(case: &Case) -> bool {
+    case.headers
+        .iter()
+        .filter(|(n, _)| n.trim_ascii().eq_ignore_ascii_case(b"transfer-encoding"))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|t| {
+            [
+                &b"gzip"[..],
+                b"x-gzip",
+                b"deflate",
+                b"compress",
+                b"x-compress",
+            ]
+            .iter()
+            .any(|c| t.eq_ignore_ascii_case(c))
+        })
 }
 
 /// Why `case` failed, if it did.

@@ -377,7 +377,15 @@ async fn head_only_backend() -> SocketAddr {
 #[tokio::test]
 async fn a_backend_that_takes_no_body_bytes_is_given_up_at_the_write_timeout() {
     let backend = head_only_backend().await;
-    let p = Proxy::start(&config("", "write: 300ms"), &[("b", backend)]).await;
+    // More than socket buffers hold, and within the body limit.
+    let p = Proxy::start(
+        &config(
+            "limits: {max_request_body_bytes: 134217728}",
+            "write: 300ms",
+        ),
+        &[("b", backend)],
+    )
+    .await;
     let total: usize = 64 << 20;
     let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     let (mut rd, mut wr) = tcp.into_split();

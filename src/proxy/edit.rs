@@ -145,6 +145,8 @@ pub struct To<'a> {
     pub request_id: Option<&'a [u8]>,
     /// The body goes upstream chunked (its length is not known).
     pub chunked: bool,
+    /// The declared length, stated once: repeated `Content-Length` fields become one.
+    pub length: Option<u64>,
     /// The backend may be asked to upgrade (HTTP/1.1 backends only).
     pub upgrade: bool,
 }
@@ -176,6 +178,7 @@ impl Request<'_> {
             | Known::XForwardedProto
             | Known::XForwardedHost => true,
             Known::XRequestId => self.to.request_id.is_some(),
+            Known::ContentLength => true,
             Known::Host if self.to.host.is_some() => true,
             _ => self.named.contains(f.name),
         }
@@ -218,6 +221,10 @@ impl Request<'_> {
         }
         if to.chunked {
             field(out, b"transfer-encoding", b"chunked");
+        } else if let Some(n) = to.length {
+            out.extend_from_slice(b"content-length: ");
+            wire::decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -255,6 +262,8 @@ impl Request<'_> {
         }
         if to.chunked {
             out.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        } else if let Some(n) = to.length {
+            out.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         out
     }

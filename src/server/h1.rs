@@ -269,6 +269,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                     host: d.authority.map(str::as_bytes),
                     request_id: id.as_deref(),
                     chunked: chunked && !h2,
+                    length: h.length,
                     upgrade: !h2 && !h.has_body() && h.version == Version::HTTP_11,
                 });
                 let fwd = Forward {

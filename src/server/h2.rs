@@ -110,6 +110,7 @@ async fn try_serve(
         host: d.authority.map(str::as_bytes),
         request_id: id.as_deref(),
         chunked: chunked && !pool.connector.h2,
+        length: parts.content_length(),
         upgrade: false,
     });
     let wait = Timer(pool.timeouts.response);

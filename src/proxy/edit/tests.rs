@@ -53,6 +53,7 @@ const TO: To<'static> = To {
     host: None,
     request_id: Some(b"0123456789abcdef0123456789abcdef"),
     chunked: false,
+    length: None,
     upgrade: true,
 };
 
@@ -100,6 +101,7 @@ fn request_appliers_agree() {
             let to = To {
                 request_id: request_id_of(&scan),
                 chunked,
+                length: (!chunked).then_some(5),
                 host: chunked.then_some(&b"auth.test:8080"[..]),
                 ..TO
             };
