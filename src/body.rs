@@ -27,8 +27,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response sent downstream.
 pub struct Body {
     inner: Inner,
-    /// Finished when the body is done or dropped, with the bytes sent.
-    record: Option<Record>,
+    /// Finished when the body is done or dropped, with the bytes sent (HTTP/2 streams;
+    /// the lane keeps its record itself).
+    record: Option<Box<Record>>,
 }
 
 enum Inner {
@@ -60,22 +61,11 @@ impl Body {
     }
 
     /// Carry `record` until the body is done.
-    pub fn set_record(&mut self, record: Record) {
+    pub fn set_record(&mut self, record: Box<Record>) {
         self.record = Some(record);
     }
 
-    /// Take the record back (the body is not going out after all).
-    pub fn take_record(&mut self) -> Option<Record> {
-        self.record.take()
-    }
-
-    /// The record this body carries.
-    pub fn record(&mut self) -> Option<&mut Record> {
-        self.record.as_mut()
-    }
-
-    /// Count `n` bytes of this body that went out ahead of it (copied behind the head).
-    pub fn sent_ahead(&mut self, n: u64) {
+    fn count(&mut self, n: u64) {
         if let Some(r) = &mut self.record {
             r.bytes += n;
         }
@@ -117,7 +107,7 @@ impl HttpBody for Body {
         if let Some(Ok(f)) = &frame
             && let Some(d) = f.data_ref()
         {
-            this.sent_ahead(d.len() as u64);
+            this.count(d.len() as u64);
         }
         Poll::Ready(frame)
     }

@@ -21,9 +21,38 @@ fn start() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
+thread_local! {
+    /// The last [`now_ms`] this thread read.
+    static RECENT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Milliseconds since the process started: a clock that fits in an atomic.
 pub fn now_ms() -> u64 {
-    start().elapsed().as_millis() as u64
+    ms(Instant::now())
+}
+
+/// The time now, also kept as this thread's [`recent_ms`].
+pub fn now() -> Instant {
+    let now = Instant::now();
+    ms(now);
+    now
+}
+
+/// [`now_ms`] as this thread last read it: for deadlines and ages where a request's own
+/// start is recent enough, without a clock read each.
+pub fn recent_ms() -> u64 {
+    match RECENT.get() {
+        0 => now_ms(),
+        t => t,
+    }
+}
+
+fn ms(at: Instant) -> u64 {
+    let d = at.saturating_duration_since(start());
+    // u64 arithmetic: `as_millis` works in u128.
+    let t = d.as_secs() * 1000 + u64::from(d.subsec_millis());
+    RECENT.set(t.max(1));
+    t
 }
 
 /// The instant `ms` milliseconds after the process started.
@@ -141,8 +170,9 @@ impl ConnClock {
     /// [`ConnClock::response_late`] if it is not [`ConnClock::response_arrived`] by then.
     pub fn expect_response(&self, timeout: Duration) {
         self.response_late.store(false, Relaxed);
+        // The request started a moment ago on this thread: its clock read is recent.
         self.response_due
-            .store(now_ms() + timeout.as_millis() as u64, Relaxed);
+            .store(recent_ms() + timeout.as_millis() as u64, Relaxed);
         self.rearm.store(true, Relaxed);
     }
 

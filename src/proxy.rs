@@ -62,10 +62,13 @@ impl TlsInfo {
     /// Whether a request for `host` may use this connection: a connection opened for one
     /// name must not carry another name its certificate does not cover (HTTP/2 clients
     /// coalesce connections; RFC 9110 §15.5.20).
-    fn allows(&self, host: &str) -> bool {
+    fn allows(&self, host: &[u8]) -> bool {
         match &self.sni {
             None => true,
-            Some(sni) => sni == host || self.certs.covers(self.cert, host),
+            Some(sni) => {
+                sni.as_bytes() == host
+                    || std::str::from_utf8(host).is_ok_and(|h| self.certs.covers(self.cert, h))
+            }
         }
     }
 }
@@ -121,9 +124,8 @@ fn log_error(e: &ProxyError, record: &mut Record) {
 }
 
 /// The backend's response as an `http::Response` for a writer that takes header maps
-/// (hyper's HTTP/2 server, or the lane for an HTTP/2 backend's answer), edited; the body
-/// carries the record.
-pub fn to_map(answer: Answer, timeout: std::time::Duration, mut record: Record) -> Response<Body> {
+/// (hyper's HTTP/2 server, or the lane for an HTTP/2 backend's answer), edited.
+pub fn to_map(answer: Answer, timeout: std::time::Duration, record: &mut Record) -> Response<Body> {
     let id = record.id().to_vec();
     let (status, mut headers, recv) = match answer.inbound {
         Inbound::H1 { head, conn } => {
@@ -154,8 +156,7 @@ pub fn to_map(answer: Answer, timeout: std::time::Duration, mut record: Record) 
         }
     };
     record.status = status.as_u16();
-    let mut body = Body::upstream(crate::upstream::Body::new(recv, answer.in_flight, timeout));
-    body.set_record(record);
+    let body = Body::upstream(crate::upstream::Body::new(recv, answer.in_flight, timeout));
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     std::mem::swap(resp.headers_mut(), &mut headers);

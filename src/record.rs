@@ -14,7 +14,8 @@ use http::{HeaderValue, Method, Version};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// A request's record.
+/// A request's record. The lane keeps it in place for the whole request; an HTTP/2
+/// stream's travels boxed in its response body.
 pub struct Record {
     pub conn: Arc<ConnInfo>,
     start: Instant,
@@ -93,7 +94,7 @@ impl Record {
         conn.clock.request_started();
         Record {
             conn: conn.clone(),
-            start: Instant::now(),
+            start: crate::clock::now(),
             method: None,
             version: Version::HTTP_11,
             snap: None,
@@ -126,10 +127,15 @@ impl Record {
         if let RequestId::None = self.id {
             self.id = RequestId::Made(new_request_id());
         }
+        self.id_bytes()
+    }
+
+    /// The request id as set ([`Record::set_id`]); empty while none is.
+    pub fn id_bytes(&self) -> &[u8] {
         match &self.id {
             RequestId::Given(v) => v.as_bytes(),
             RequestId::Made(b) => b,
-            RequestId::None => unreachable!("an id was just made"),
+            RequestId::None => &[],
         }
     }
 

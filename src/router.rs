@@ -25,8 +25,9 @@ use std::collections::HashMap;
 /// compiled from.
 #[derive(Default)]
 pub struct Router {
-    exact: HashMap<Box<str>, Bucket>,
-    wildcard: HashMap<Box<str>, Bucket>,
+    /// Keyed by the host's bytes: hosts are ASCII, and requests give them as bytes.
+    exact: HashMap<Box<[u8]>, Bucket>,
+    wildcard: HashMap<Box<[u8]>, Bucket>,
     any: Bucket,
     conditions: Vec<Conditions>,
 }
@@ -81,8 +82,8 @@ impl Router {
         for (i, route) in routes.into_iter().enumerate() {
             let bucket = match &route.host {
                 HostMatch::Any => &mut r.any,
-                HostMatch::Exact(h) => r.exact.entry(h.as_str().into()).or_default(),
-                HostMatch::Wildcard(h) => r.wildcard.entry(h.as_str().into()).or_default(),
+                HostMatch::Exact(h) => r.exact.entry(h.as_bytes().into()).or_default(),
+                HostMatch::Wildcard(h) => r.wildcard.entry(h.as_bytes().into()).or_default(),
             };
             bucket.add(i, &route.path)?;
             r.conditions.push(Conditions {
@@ -100,7 +101,7 @@ impl Router {
 
     /// The first route, by SPEC precedence, that takes a request for `host` (lower case,
     /// no port) and normalized `path`.
-    pub fn find(&self, host: &str, path: &str, req: &impl Fields) -> Option<usize> {
+    pub fn find(&self, host: &[u8], path: &str, req: &impl Fields) -> Option<usize> {
         self.find_traced(host, path, req, &mut ())
     }
 
@@ -108,7 +109,7 @@ impl Router {
     /// they were tried, and why each was taken or passed over (`switchyard explain`).
     pub fn find_traced(
         &self,
-        host: &str,
+        host: &[u8],
         path: &str,
         req: &impl Fields,
         trace: &mut impl Trace,
@@ -125,8 +126,9 @@ impl Router {
             return Some(r);
         }
         if !self.wildcard.is_empty()
-            && let Some((_, parent)) = host.split_once('.')
-            && let Some(b) = self.wildcard.get(parent)
+            && let Some(dot) = host.iter().position(|&b| b == b'.')
+            && dot > 0
+            && let Some(b) = self.wildcard.get(&host[dot + 1..])
             && let Some(r) = b.find(path, &mut accepts)
         {
             return Some(r);

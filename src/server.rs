@@ -477,8 +477,7 @@ impl Conn {
                 // An HTTP request: answered (and logged) like any other refused one.
                 let info = self.info(peer, None, false);
                 let mut record = Record::start(&info);
-                let mut resp = proxy::fail(ProxyError::PlainHttpOnTls, &mut record);
-                resp.body_mut().set_record(record);
+                let resp = proxy::fail(ProxyError::PlainHttpOnTls, &mut record);
                 let to = h1::write::To {
                     head_only: false,
                     version: http::Version::HTTP_11,
@@ -488,7 +487,7 @@ impl Conn {
                 };
                 let mut out = Vec::new();
                 let mut o = h1::write::Out::new(&mut tcp, to.timeout);
-                let _ = h1::write::response(&mut o, resp, &to, &mut out).await;
+                let _ = h1::write::response(&mut o, resp, &to, &mut out, &mut record.bytes).await;
                 use tokio::io::AsyncWriteExt;
                 let _ = tcp.shutdown().await;
             }
@@ -590,7 +589,8 @@ impl Conn {
             }
             // The phase changed since the timer was set: it may be due earlier.
             if clock.take_rearm() {
-                let due = match clock.check(now_ms(), head, idle) {
+                // A stale `now` only errs towards waiting for the timer.
+                let due = match clock.check(crate::clock::recent_ms(), head, idle) {
                     Verdict::WaitUntil(t) => t,
                     _ => now_ms(),
                 };

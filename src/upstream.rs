@@ -74,7 +74,7 @@ impl<T> Idle<T> {
         if idle.is_empty() {
             return None;
         }
-        let now = crate::clock::now_ms();
+        let now = crate::clock::recent_ms();
         while let Some((mut c, since)) = idle.pop() {
             if now.saturating_sub(since) < MAX_IDLE_MS && usable(&mut c) {
                 return Some(c);
@@ -84,7 +84,8 @@ impl<T> Idle<T> {
     }
 
     fn put(&self, c: T) {
-        let now = crate::clock::now_ms();
+        // A little stale at worst: the connection then looks older than it is.
+        let now = crate::clock::recent_ms();
         let mut idle = self.shard().lock().expect("idle pool lock poisoned");
         if idle.len() < MAX_IDLE {
             idle.push((c, now));

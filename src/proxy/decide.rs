@@ -59,22 +59,33 @@ impl<'a> Target<'a> {
             }
             let end = rest.find(['/', '?']).unwrap_or(rest.len());
             let (authority, rest) = rest.split_at(end);
-            if authority.is_empty() || !valid_host(authority.as_bytes()) {
+            if authority.is_empty() || host_parts(authority.as_bytes()).is_none() {
                 return Err(ProxyError::BadRequest(
                     "invalid authority in request target",
                 ));
             }
             (Some(authority), rest)
         };
-        let (path, query) = match rest.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (rest, None),
-        };
-        if !path.bytes().all(is_path_char) || !query.is_none_or(|q| q.bytes().all(is_query_char)) {
+        // One pass: where the query starts, and whether every byte may stand where it is.
+        let b = rest.as_bytes();
+        let mut split = b.len();
+        let mut ok = true;
+        for (i, &c) in b.iter().enumerate() {
+            if c == b'?' && split == b.len() {
+                split = i;
+                continue;
+            }
+            ok &= CHARS[c as usize] & if split == b.len() { PATH } else { QUERY } != 0;
+        }
+        if !ok {
             return Err(ProxyError::BadRequest(
                 "invalid character in request target",
             ));
         }
+        let (path, query) = match split {
+            n if n == b.len() => (rest, None),
+            n => (&rest[..n], Some(&rest[n + 1..])),
+        };
         let path = if path.is_empty() { "/" } else { path };
         Ok(Target {
             authority,
@@ -93,10 +104,11 @@ pub enum Decision<'a> {
 
 /// A request to forward, and where.
 pub struct Forward<'a> {
-    /// The host as the client sent it (with any port), for `X-Forwarded-Host` and logs.
-    pub raw_host: &'a str,
+    /// The host as the client sent it (with any port), for `X-Forwarded-Host` and logs;
+    /// ASCII, as [`valid_host`] checked.
+    pub raw_host: &'a [u8],
     /// The host for routing: lower case, no port.
-    pub host: Cow<'a, str>,
+    pub host: Cow<'a, [u8]>,
     /// The normalized path: what is routed and what the backend gets.
     pub path: Cow<'a, str>,
     pub query: Option<&'a str>,
@@ -142,8 +154,7 @@ pub fn decide<'a>(
             PathError::BadEscape => "malformed percent-encoding in path",
         })
     })?;
-    let raw_host = raw_host(req, &target)?;
-    let host = host_name(raw_host);
+    let (raw_host, host) = host(req, &target)?;
     if let Some(tls) = &conn.tls
         && !tls.allows(&host)
     {
@@ -189,101 +200,81 @@ pub fn decide<'a>(
     }))
 }
 
-/// The authority of the target, else the one Host field (RFC 9112 §3.2.2: the target's
-/// authority wins); empty for an HTTP/1.0 request with neither.
-fn raw_host<'a>(req: &'a impl View, target: &Target<'a>) -> Result<&'a str, ProxyError> {
-    if let Some(a) = target.authority {
-        return Ok(a);
-    }
-    match req.host_field() {
-        (Some(_), true) => Err(ProxyError::BadRequest("more than one Host header")),
-        (Some(h), false) if valid_host(h) => {
-            Ok(std::str::from_utf8(h).expect("a valid host is ASCII"))
-        }
-        (Some(_), false) => Err(ProxyError::BadRequest("invalid Host header")),
-        (None, _) if req.version() == Version::HTTP_11 => {
-            Err(ProxyError::BadRequest("missing Host header"))
-        }
-        (None, _) => Ok(""),
-    }
-}
-
-/// Whether `h` is `host [ ":" port ]` per RFC 3986 §3.2.2: an IP literal in brackets, or
-/// a name of unreserved characters, percent escapes and sub-delimiters. No user info, no
-/// spaces, nothing a backend could read as a second authority.
-pub fn valid_host(h: &[u8]) -> bool {
-    let (name, port) = if h.first() == Some(&b'[') {
-        let Some(close) = h.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let inner = &h[1..close];
-        if inner.is_empty()
-            || !inner
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return false;
-        }
-        (&h[..0], &h[close + 1..])
-    } else {
-        let end = h.iter().position(|&b| b == b':').unwrap_or(h.len());
-        (&h[..end], &h[end..])
+/// The host as sent and as routed (lower case, no port): the authority of the target,
+/// else the one Host field (RFC 9112 §3.2.2: the target's authority wins); empty for an
+/// HTTP/1.0 request with neither.
+fn host<'a>(
+    req: &'a impl View,
+    target: &Target<'a>,
+) -> Result<(&'a [u8], Cow<'a, [u8]>), ProxyError> {
+    let raw = match target.authority {
+        Some(a) => a.as_bytes(),
+        None => match req.host_field() {
+            (Some(_), true) => return Err(ProxyError::BadRequest("more than one Host header")),
+            (Some(h), false) => h,
+            (None, _) if req.version() == Version::HTTP_11 => {
+                return Err(ProxyError::BadRequest("missing Host header"));
+            }
+            (None, _) => return Ok((b"", Cow::Borrowed(b""))),
+        },
     };
-    let port_ok = match port {
-        [] => true,
-        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    port_ok
-        && name.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        })
-}
-
-/// Lower-case `raw` and drop its port (`[::1]:80` -> `[::1]`).
-pub fn host_name(raw: &str) -> Cow<'_, str> {
-    let b = raw.as_bytes();
-    let end = if b.first() == Some(&b'[') {
-        b.iter().position(|&c| c == b']').map_or(b.len(), |i| i + 1)
-    } else {
-        let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
-        match b.len() - digits {
-            colon @ 1.. if b[colon - 1] == b':' => colon - 1,
-            _ => b.len(),
-        }
-    };
+    let (end, upper) = host_parts(raw).ok_or(ProxyError::BadRequest("invalid Host header"))?;
     let name = &raw[..end];
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
+    let host = match upper {
+        true => Cow::Owned(name.to_ascii_lowercase()),
+        false => Cow::Borrowed(name),
+    };
+    Ok((raw, host))
+}
+
+/// Whether `h` is `host [ ":" port ]` per RFC 3986 §3.2.2 (an IP literal in brackets, or a
+/// name of unreserved characters, percent escapes and sub-delimiters: no user info, no
+/// spaces, nothing a backend could read as a second authority); if so, where the name
+/// ends and whether it has upper case letters. One pass over a table.
+pub fn host_parts(h: &[u8]) -> Option<(usize, bool)> {
+    let (end, rest) = if h.first() == Some(&b'[') {
+        let close = h.iter().position(|&b| b == b']')?;
+        let inner = &h[1..close];
+        if inner.is_empty() || !inner.iter().all(|&b| CHARS[b as usize] & IP6 != 0) {
+            return None;
+        }
+        (close + 1, &h[close + 1..])
     } else {
-        Cow::Borrowed(name)
+        let end = h
+            .iter()
+            .position(|&b| CHARS[b as usize] & HOST == 0)
+            .unwrap_or(h.len());
+        (end, &h[end..])
+    };
+    match rest {
+        [] => {}
+        [b':', digits @ ..] if digits.iter().all(u8::is_ascii_digit) => {}
+        _ => return None,
+    }
+    Some((end, h[..end].iter().any(u8::is_ascii_uppercase)))
+}
+
+/// Whether `h` is a valid host (see [`host_parts`]).
+pub fn valid_host(h: &[u8]) -> bool {
+    host_parts(h).is_some()
+}
+
+/// Lower-case `raw` and drop its port (`[::1]:80` -> `[::1]`); `raw` as [`host_parts`]
+/// takes it, else unchanged.
+pub fn host_name(raw: &[u8]) -> Cow<'_, [u8]> {
+    match host_parts(raw) {
+        Some((end, true)) => Cow::Owned(raw[..end].to_ascii_lowercase()),
+        Some((end, false)) => Cow::Borrowed(&raw[..end]),
+        None => Cow::Borrowed(raw),
     }
 }
 
 /// `redirect_https`: the `Location` of a 308 to the same host and target on `port`.
-fn redirect(host: &str, target: &Target<'_>, port: u16) -> Result<HeaderValue, ProxyError> {
+fn redirect(host: &[u8], target: &Target<'_>, port: u16) -> Result<HeaderValue, ProxyError> {
     if host.is_empty() {
         return Err(ProxyError::BadRequest("missing Host header"));
     }
-    let mut location = format!("https://{host}");
+    let mut location = format!("https://{}", String::from_utf8_lossy(host));
     if port != 443 {
         location.push_str(&format!(":{port}"));
     }
@@ -296,16 +287,57 @@ fn redirect(host: &str, target: &Target<'_>, port: u16) -> Result<HeaderValue, P
         .map_err(|_| ProxyError::BadRequest("target cannot be redirected"))
 }
 
-/// Characters `http::Uri` takes in a path: RFC 3986's, plus `"`, `{` and `}`, which
-/// clients send unescaped (JSON in paths), plus UTF-8.
-fn is_path_char(b: u8) -> bool {
-    matches!(b, 0x21 | 0x22 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7E | 0x80..=0xFF)
-}
+/// Character classes, one bit each, in [`CHARS`].
+const PATH: u8 = 1;
+const QUERY: u8 = 2;
+const HOST: u8 = 4;
+const IP6: u8 = 8;
 
-/// Characters `http::Uri` takes in a query.
-fn is_query_char(b: u8) -> bool {
-    matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E | 0x80..=0xFF)
-}
+/// What each byte may be: in a path, the characters `http::Uri` takes (RFC 3986's, plus
+/// `"`, `{` and `}`, which clients send unescaped, and UTF-8); in a query, likewise; in a
+/// host name, unreserved, `%` and sub-delimiters; in an IPv6 literal, hex digits, `:` and `.`.
+static CHARS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if matches!(b, 0x21 | 0x22 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7E | 0x80..=0xFF) {
+            c |= PATH;
+        }
+        if matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E | 0x80..=0xFF) {
+            c |= QUERY;
+        }
+        if b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+        {
+            c |= HOST;
+        }
+        if b.is_ascii_hexdigit() || b == b':' || b == b'.' {
+            c |= IP6;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
@@ -313,11 +345,12 @@ mod tests {
 
     #[test]
     fn host_names_lose_port_and_case() {
-        assert_eq!(host_name("Shop.Example.com:8080"), "shop.example.com");
-        assert_eq!(host_name("[::1]:8080"), "[::1]");
-        assert_eq!(host_name("a.test"), "a.test");
-        assert_eq!(host_name("a.test:"), "a.test");
-        assert_eq!(host_name("1234"), "1234");
+        let name = |h: &str| String::from_utf8(host_name(h.as_bytes()).into_owned()).unwrap();
+        assert_eq!(name("Shop.Example.com:8080"), "shop.example.com");
+        assert_eq!(name("[::1]:8080"), "[::1]");
+        assert_eq!(name("a.test"), "a.test");
+        assert_eq!(name("a.test:"), "a.test");
+        assert_eq!(name("1234"), "1234");
     }
 
     #[test]

@@ -30,8 +30,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 /// A request as the chosen upstream client sends it.
-// One per request, on the stack: boxing the larger variant would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 pub enum Outbound<'a> {
     /// To an HTTP/1.1 backend: the head in wire form (with any body that came along) and
     /// the rest of the body, if any.
@@ -42,18 +40,23 @@ pub enum Outbound<'a> {
         method: &'a Method,
         upgrade: Option<&'a [u8]>,
     },
-    /// To an HTTP/2 backend, through hyper's client.
+    /// To an HTTP/2 backend, through hyper's client. Boxed: the common HTTP/1.1 case
+    /// should not move a request head around for nothing.
     H2 {
-        req: Option<Request<RequestBody>>,
+        req: Option<Box<Request<RequestBody>>>,
         /// What it takes to send a bodiless request again.
-        replay: Option<Replay>,
+        replay: Option<Box<Replay>>,
     },
 }
 
 /// The backend's answer.
 pub enum Inbound {
-    H1 { head: h1::Head, conn: Box<h1::Conn> },
-    H2(Response<Incoming>),
+    H1 {
+        head: h1::Head,
+        conn: Box<h1::Conn>,
+    },
+    /// Boxed, as [`Outbound::H2`].
+    H2(Box<Response<Incoming>>),
 }
 
 /// A response, where it came from, and the in-flight count it holds.
@@ -204,7 +207,7 @@ pub async fn forward(
                     state.passive.connected();
                 }
                 let mut r = match (req.take(), &replay) {
-                    (Some(r), _) => r,
+                    (Some(r), _) => *r,
                     (None, Some(replay)) => replay.request(),
                     (None, None) => unreachable!("a request that cannot go again is never retried"),
                 };
@@ -214,13 +217,13 @@ pub async fn forward(
                     Some(Ok(resp)) => {
                         record.answered();
                         return Ok(Answer {
-                            inbound: Inbound::H2(resp),
+                            inbound: Inbound::H2(Box::new(resp)),
                             in_flight,
                         });
                     }
                     Some(Err((failure, back))) => {
                         let replayable = replay.is_some();
-                        *req = back;
+                        *req = back.map(Box::new);
                         (failure, reused, replayable)
                     }
                 }
@@ -390,11 +393,13 @@ pub struct Replay {
 
 impl Replay {
     /// A copy of `req`'s head, when it is idempotent and has no body.
-    pub fn of(req: &Request<RequestBody>) -> Option<Replay> {
-        (is_idempotent(req.method()) && matches!(req.body(), RequestBody::Empty)).then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
+    pub fn of(req: &Request<RequestBody>) -> Option<Box<Replay>> {
+        (is_idempotent(req.method()) && matches!(req.body(), RequestBody::Empty)).then(|| {
+            Box::new(Replay {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                headers: req.headers().clone(),
+            })
         })
     }
 

@@ -28,7 +28,7 @@ fn find(r: &(Router, Vec<String>), req: http::Request<()>) -> Option<&str> {
         .get("host")
         .map(|h| h.to_str().unwrap().to_string())
         .unwrap_or_default();
-    r.0.find(&host, parts.uri.path(), &parts)
+    r.0.find(host.as_bytes(), parts.uri.path(), &parts)
         .map(|i| r.1[i].as_str())
 }
 

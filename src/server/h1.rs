@@ -123,12 +123,15 @@ struct Prepared {
 }
 
 enum Action {
-    /// The proxy's own answer (an error, a redirect).
-    Answer(Response<Body>),
+    /// Taken by `exchange`.
+    Done,
+    /// The proxy's own answer (an error, a redirect); boxed, not to weigh down the usual
+    /// request.
+    Answer(Box<Response<Body>>),
     /// To an HTTP/1.1 backend; its head is in the `up` buffer.
     H1(Forward),
-    /// To an HTTP/2 backend.
-    H2(Forward, Request<RequestBody>),
+    /// To an HTTP/2 backend; boxed like `Answer`.
+    H2(Forward, Box<Request<RequestBody>>),
 }
 
 struct Forward {
@@ -147,10 +150,12 @@ struct Forward {
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
     async fn serve(mut self) {
         loop {
-            let Some(p) = self.next().await else {
+            let Some(mut p) = self.next().await else {
                 return;
             };
-            let go_on = self.exchange(p).await;
+            let go_on = self.exchange(&mut p).await;
+            // The record is finished here, once the response is all out.
+            drop(p);
             if !go_on || self.closing.load(Relaxed) {
                 let _ = self.io.shutdown().await;
                 return;
@@ -220,7 +225,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                     to: to(None),
                     used: self.b.read.len(),
                     left: Left::Broken,
-                    action: Action::Answer(resp),
+                    action: Action::Answer(Box::new(resp)),
                 });
             }
         };
@@ -247,9 +252,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
         };
         let snap = self.proxy.snapshot();
         let action = match decide::decide(&snap, &self.info, &h, &mut ()) {
-            Err(e) => Action::Answer(proxy::fail(e, &mut record)),
+            Err(e) => Action::Answer(Box::new(proxy::fail(e, &mut record))),
             Ok(Decision::Redirect(location)) => {
-                Action::Answer(proxy::redirect(location, &mut record))
+                Action::Answer(Box::new(proxy::redirect(location, &mut record)))
             }
             Ok(Decision::Forward(d)) => {
                 record.snap = Some(snap.clone());
@@ -261,13 +266,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                 let pool = &snap.pools[d.pool];
                 let h2 = pool.connector.h2;
                 let chunked = matches!(h.framing, Framing::Chunked);
-                let id = (!record.id_is_given()).then(|| record.id().to_vec());
+                let given = record.id_is_given();
+                record.id();
+                let id = (!given).then(|| record.id_bytes());
                 let edits = scan.edits(EditTo {
                     client_ip: self.info.client_ip.as_bytes(),
                     tls: self.info.tls.is_some(),
-                    forwarded_host: d.raw_host.as_bytes(),
+                    forwarded_host: d.raw_host,
                     host: d.authority.map(str::as_bytes),
-                    request_id: id.as_deref(),
+                    request_id: id,
                     chunked: chunked && !h2,
                     length: h.length,
                     upgrade: !h2 && !h.has_body() && h.version == Version::HTTP_11,
@@ -284,7 +291,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                 };
                 if h2 {
                     let req = h2_request(&h, &d, &edits, whole, &self.b.read);
-                    Action::H2(fwd, req)
+                    Action::H2(fwd, Box::new(req))
                 } else {
                     let up = &mut self.b.up;
                     up.clear();
@@ -322,22 +329,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
     }
 
     /// Serve one prepared request; whether the connection may carry another.
-    async fn exchange(&mut self, p: Prepared) -> bool {
+    async fn exchange(&mut self, p: &mut Prepared) -> bool {
         let Prepared {
-            mut record,
-            mut to,
+            record,
+            to,
             used,
             left,
             action,
         } = p;
-        self.b.read.advance(used);
+        let (left, mut to) = (*left, *to);
+        self.b.read.advance(*used);
+        let action = std::mem::replace(action, Action::Done);
         let (fwd, req) = match action {
-            Action::Answer(mut resp) => {
+            Action::Done => unreachable!("a request is served once"),
+            Action::Answer(resp) => {
                 let complete = matches!(left, Left::Done);
                 to.close |= !complete;
-                resp.body_mut().set_record(record);
                 let mut o = Out::new(&mut self.io, to.timeout);
-                return write_map(&mut o, resp, &to, &mut self.b.out).await && complete;
+                return write_map(&mut o, *resp, &to, &mut self.b.out, record).await && complete;
             }
             Action::H1(fwd) => (fwd, None),
             Action::H2(fwd, req) => (fwd, Some(req)),
@@ -356,7 +365,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
         let wait = Clocked(&self.info.clock, pool.timeouts.response);
         let read_timeout = pool.timeouts.read;
         let body_timeout = self.limits.client_body_timeout;
-        let Some(mut req) = req else {
+        let Some(req) = req else {
             let mut client = ClientBody::new(
                 &mut self.io,
                 &mut self.b.read,
@@ -371,41 +380,72 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                 method: &fwd.method,
                 upgrade: fwd.upgrade.as_deref(),
             };
-            let answer = forward::forward(pool, fwd.backend, out, wait, &mut record).await;
+            let answer = forward::forward(pool, fwd.backend, out, wait, record).await;
             let (left, limit) = client.state();
             let body_done = matches!(left, Left::Done);
             to.close |= !body_done;
             let answer = match answer {
                 Ok(a) => a,
-                Err(e) => return self.fail(e, record, &to).await && body_done,
+                Err(e) => {
+                    let resp = proxy::fail(e, record);
+                    let mut o = Out::new(&mut self.io, to.timeout);
+                    return write_map(&mut o, resp, &to, &mut self.b.out, record).await
+                        && body_done;
+                }
             };
             let Inbound::H1 { head, conn } = answer.inbound else {
                 unreachable!("an HTTP/1.1 exchange answers in HTTP/1.1")
             };
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                self.tunnel(head, conn, fwd.upgrade.unwrap_or_default(), record)
-                    .await;
+                let protocol = fwd.upgrade.unwrap_or_default();
+                self.tunnel(head, conn, &protocol, record).await;
                 return false;
             }
+            let (framing, keep_alive) = client_head(&head, &conn, record, &to, &mut self.b.out);
             if head.early && !body_done {
-                // The backend answered while the body still goes up: both stream at once.
-                let up = Upload {
-                    left,
-                    limit,
-                    chunked: fwd.chunked,
-                    timeout: pool.timeouts.write,
+                // The backend answered while the body still goes up: both stream at once,
+                // each on its own half of both connections.
+                let (io, buf) = conn.into_tunnel();
+                let (ur, mut uw) = tokio::io::split(io);
+                let recv = Recv::Duplex {
+                    framing: head.framing,
+                    buf,
+                    io: ur,
                 };
-                return self
-                    .duplex(head, conn, answer.in_flight, read_timeout, record, &to, up)
-                    .await;
+                let out = &mut self.b.out;
+                let (framing, mut body) =
+                    response_body(recv, framing, answer.in_flight, read_timeout, record, out);
+                let (mut cr, mut cw) = tokio::io::split(&mut self.io);
+                let mut client =
+                    ClientBody::new(&mut cr, &mut self.b.read, left, limit, body_timeout);
+                let upload =
+                    upstream::h1::send_rest(&mut uw, &mut client, fwd.chunked, pool.timeouts.write);
+                let to = To { close: true, ..to };
+                let download = async {
+                    let mut o = Out::new(&mut cw, to.timeout);
+                    write_body(&mut o, &mut body, framing, &to, out, record).await
+                };
+                let (sent, _) = tokio::join!(upload, download);
+                if let Err(f) = sent {
+                    tracing::debug!(failure = ?f, "request body cut while its response streamed");
+                }
+                return false;
             }
-            return self
-                .write_h1(head, conn, answer.in_flight, read_timeout, record, &to)
-                .await
+            let recv = Recv::H1 {
+                framing: head.framing,
+                conn,
+            };
+            let out = &mut self.b.out;
+            let (framing, mut body) =
+                response_body(recv, framing, answer.in_flight, read_timeout, record, out);
+            let mut o = Out::new(&mut self.io, to.timeout);
+            return write_body(&mut o, &mut body, framing, &to, out, record).await
+                && keep_alive
                 && body_done;
         };
         // To an HTTP/2 backend: the client's body goes over a channel while the exchange
         // runs, and keeps going while the response is written.
+        let mut req = *req;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         if streamed {
             *req.body_mut() = RequestBody::Channel(rx);
@@ -421,111 +461,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
         let out = &mut self.b.out;
         let served = async {
             let out_req = Outbound::H2 {
-                req: Some(req),
+                req: Some(Box::new(req)),
                 replay,
             };
-            let resp = match forward::forward(pool, fwd.backend, out_req, wait, &mut record).await {
+            let resp = match forward::forward(pool, fwd.backend, out_req, wait, record).await {
                 Ok(answer) => proxy::to_map(answer, read_timeout, record),
-                Err(e) => {
-                    let mut resp = proxy::fail(e, &mut record);
-                    resp.body_mut().set_record(record);
-                    resp
-                }
+                Err(e) => proxy::fail(e, record),
             };
             let mut o = Out::new(&mut wr, to.timeout);
-            write_map(&mut o, resp, &to, out).await
+            write_map(&mut o, resp, &to, out, record).await
         };
         let ((), go_on) = tokio::join!(pumped, served);
         go_on && matches!(client.state().0, Left::Done)
-    }
-
-    /// Answer with the error `e`; whether the connection may go on.
-    async fn fail(&mut self, e: ProxyError, mut record: Record, to: &To) -> bool {
-        let mut resp = proxy::fail(e, &mut record);
-        resp.body_mut().set_record(record);
-        let mut o = Out::new(&mut self.io, to.timeout);
-        write_map(&mut o, resp, to, &mut self.b.out).await
-    }
-
-    /// Write a backend's HTTP/1.1 response from its bytes; whether the connection may go
-    /// on. A body that breaks before anything was written becomes a 502.
-    async fn write_h1(
-        &mut self,
-        head: upstream::h1::Head,
-        conn: Box<upstream::h1::Conn>,
-        in_flight: InFlight,
-        read_timeout: Duration,
-        record: Record,
-        to: &To,
-    ) -> bool {
-        let mut record = record;
-        let (framing, keep_alive) = client_head(&head, &conn, &mut record, to, &mut self.b.out);
-        let recv = Recv::H1 {
-            framing: head.framing,
-            conn,
-        };
-        let (framing, mut body) = response_body(
-            recv,
-            framing,
-            in_flight,
-            read_timeout,
-            record,
-            &mut self.b.out,
-        );
-        let mut o = Out::new(&mut self.io, to.timeout);
-        write_h1_body(&mut o, &mut body, framing, to, &mut self.b.out).await && keep_alive
-    }
-
-    /// The duplex case: the response streams to the client while the rest of the request
-    /// body still goes up, each on its own half of both connections.
-    #[allow(clippy::too_many_arguments)]
-    async fn duplex(
-        &mut self,
-        head: upstream::h1::Head,
-        conn: Box<upstream::h1::Conn>,
-        in_flight: InFlight,
-        read_timeout: Duration,
-        record: Record,
-        to: &To,
-        up: Upload,
-    ) -> bool {
-        let to = To { close: true, ..*to };
-        let mut record = record;
-        let (framing, _) = client_head(&head, &conn, &mut record, &to, &mut self.b.out);
-        let (io, buf) = conn.into_tunnel();
-        let (ur, mut uw) = tokio::io::split(io);
-        let recv = Recv::Duplex {
-            framing: head.framing,
-            buf,
-            io: ur,
-        };
-        let (framing, mut body) = response_body(
-            recv,
-            framing,
-            in_flight,
-            read_timeout,
-            record,
-            &mut self.b.out,
-        );
-        let (mut cr, mut cw) = tokio::io::split(&mut self.io);
-        let mut client = ClientBody::new(
-            &mut cr,
-            &mut self.b.read,
-            up.left,
-            up.limit,
-            self.limits.client_body_timeout,
-        );
-        let upload = upstream::h1::send_rest(&mut uw, &mut client, up.chunked, up.timeout);
-        let out = &mut self.b.out;
-        let download = async {
-            let mut o = Out::new(&mut cw, to.timeout);
-            write_h1_body(&mut o, &mut body, framing, &to, out).await
-        };
-        let (sent, _) = tokio::join!(upload, download);
-        if let Err(f) = sent {
-            tracing::debug!(failure = ?f, "request body cut while its response streamed");
-        }
-        false
     }
 
     /// A 101 for the protocol asked: both connections become one byte stream.
@@ -533,15 +480,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
         &mut self,
         head: upstream::h1::Head,
         conn: Box<upstream::h1::Conn>,
-        protocol: Vec<u8>,
-        mut record: Record,
+        protocol: &[u8],
+        record: &mut Record,
     ) {
-        let id = record.id().to_vec();
         let out = &mut self.b.out;
         out.clear();
         crate::wire::status_line(out, head.status);
         let fields = || proxy::head_fields(&head, &conn);
-        let edits = edit::Response::scan(fields(), Some(&protocol), &id, head.status);
+        let edits = edit::Response::scan(fields(), Some(protocol), record.id(), head.status);
         edits.write(fields(), Some(&head.bytes), true, out);
         out.extend_from_slice(b"\r\n");
         record.status = 101;
@@ -557,14 +503,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
         let label = record.names().backend.unwrap_or_else(|| "-".into());
         record.bytes = proxy::upgrade::tunnel(&mut self.io, &mut upstream, &label).await;
     }
-}
-
-/// The rest of a request body, for the duplex case.
-struct Upload {
-    left: Left,
-    limit: Limit,
-    chunked: bool,
-    timeout: Duration,
 }
 
 /// Write the client's head for a backend's HTTP/1.1 response into `out`, edited; the body's
@@ -586,24 +524,23 @@ fn client_head(
     written
 }
 
-/// The response body for the client, carrying the record; a small body already read is
-/// copied behind the head in `out`. The framing that is left to write.
+/// The response body for the client; a small body already read is copied behind the head
+/// in `out`. The framing that is left to write.
 fn response_body(
     recv: Recv,
     framing: write::Framing,
     in_flight: InFlight,
     read_timeout: Duration,
-    record: Record,
+    record: &mut Record,
     out: &mut Vec<u8>,
 ) -> (write::Framing, Body) {
     let mut body = Body::upstream(upstream::Body::new(recv, in_flight, read_timeout));
-    body.set_record(record);
     if let write::Framing::Length(len) = framing
         && let Some(n) = body
             .upstream_mut()
             .and_then(|u| u.copy_whole(write::WHOLE_BODY, out))
     {
-        body.sent_ahead(n as u64);
+        record.bytes += n as u64;
         return (write::Framing::Length(len - n as u64), body);
     }
     (framing, body)
@@ -611,29 +548,25 @@ fn response_body(
 
 /// Write a body behind the head in `out`; a body that breaks before anything was written
 /// becomes a 502 instead. Whether the connection may go on.
-async fn write_h1_body<W: AsyncWrite + Unpin>(
+async fn write_body<W: AsyncWrite + Unpin>(
     o: &mut Out<'_, W>,
     body: &mut Body,
     framing: write::Framing,
     to: &To,
     out: &mut Vec<u8>,
+    record: &mut Record,
 ) -> bool {
-    match write::send_body(o, body, framing, to, out).await {
+    match write::send_body(o, body, framing, to, out, &mut record.bytes).await {
         Ok(()) => true,
         Err(Broke::Early(e)) => {
-            let mut record = body.take_record().expect("the body carries its record");
             let backend = record.names().backend.unwrap_or_else(|| "-".into());
             record.bytes = 0;
             let source = e
                 .downcast::<UpstreamError>()
                 .map_or(UpstreamError::Malformed("broken response body"), |u| *u);
-            let mut resp = proxy::fail(
-                ProxyError::UpstreamProtocol { backend, source },
-                &mut record,
-            );
-            resp.body_mut().set_record(record);
+            let resp = proxy::fail(ProxyError::UpstreamProtocol { backend, source }, record);
             let to = To { close: true, ..*to };
-            write_map(o, resp, &to, out).await;
+            write_map(o, resp, &to, out, record).await;
             false
         }
         Err(_) => false,
@@ -646,8 +579,11 @@ async fn write_map<W: AsyncWrite + Unpin>(
     resp: Response<Body>,
     to: &To,
     out: &mut Vec<u8>,
+    record: &mut Record,
 ) -> bool {
-    write::response(o, resp, to, out).await.unwrap_or(false)
+    write::response(o, resp, to, out, &mut record.bytes)
+        .await
+        .unwrap_or(false)
 }
 
 /// Pass the client's body to hyper's HTTP/2 client through `tx`.

@@ -57,9 +57,7 @@ pub async fn serve(
         record.text = Some(Box::new(text(&parts)));
     }
     let resp = match try_serve(proxy, info, limits, parts, body, &mut record).await {
-        Ok(Reply::Answer(answer, read_timeout)) => {
-            return proxy::to_map(answer, read_timeout, record);
-        }
+        Ok(Reply::Answer(answer, read_timeout)) => proxy::to_map(answer, read_timeout, &mut record),
         Ok(Reply::Redirect(location)) => proxy::redirect(location, &mut record),
         Err(e) => proxy::fail(e, &mut record),
     };
@@ -74,7 +72,7 @@ enum Reply {
 }
 
 fn with_record(mut resp: Response<Body>, record: Record) -> Response<Body> {
-    resp.body_mut().set_record(record);
+    resp.body_mut().set_record(Box::new(record));
     resp
 }
 
@@ -106,7 +104,7 @@ async fn try_serve(
     let edits = scan.edits(To {
         client_ip: info.client_ip.as_bytes(),
         tls: info.tls.is_some(),
-        forwarded_host: d.raw_host.as_bytes(),
+        forwarded_host: d.raw_host,
         host: d.authority.map(str::as_bytes),
         request_id: id.as_deref(),
         chunked: chunked && !pool.connector.h2,
@@ -126,7 +124,7 @@ async fn try_serve(
         *req.headers_mut() = map;
         let replay = forward::Replay::of(&req);
         let out = Outbound::H2 {
-            req: Some(req),
+            req: Some(Box::new(req)),
             replay,
         };
         forward::forward(pool, d.backend, out, wait, record).await?

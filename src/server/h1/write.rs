@@ -204,33 +204,31 @@ pub fn head_from_map(
     (framing, keep_alive)
 }
 
-/// Write a header-map response whole: head, then body. `Ok(true)` when the connection
-/// may carry another request.
+/// Write a header-map response whole: head, then body; whether the connection may carry
+/// another request. Body bytes written are added to `sent`.
 pub async fn response<T: AsyncWrite + Unpin>(
     o: &mut Out<'_, T>,
     resp: Response<Body>,
     to: &To,
     out: &mut Vec<u8>,
+    sent: &mut u64,
 ) -> Result<bool, Broke> {
     let (parts, mut body) = resp.into_parts();
-    let (framing, keep_alive) = head_from_map(
-        parts.status,
-        &parts.headers,
-        body.size_hint().exact(),
-        to,
-        out,
-    );
-    send_body(o, &mut body, framing, to, out).await?;
+    let known = body.size_hint().exact();
+    let (framing, keep_alive) = head_from_map(parts.status, &parts.headers, known, to, out);
+    send_body(o, &mut body, framing, to, out, sent).await?;
     Ok(keep_alive)
 }
 
-/// Write `body` behind the head already in `out`, framed as `framing`.
+/// Write `body` behind the head already in `out`, framed as `framing`; its bytes are added
+/// to `sent` as they go.
 pub async fn send_body<T: AsyncWrite + Unpin>(
     o: &mut Out<'_, T>,
     body: &mut Body,
     framing: Framing,
     to: &To,
     out: &mut Vec<u8>,
+    sent: &mut u64,
 ) -> Result<(), Broke> {
     let mut left = match framing {
         Framing::Length(n) => Some(n),
@@ -271,6 +269,7 @@ pub async fn send_body<T: AsyncWrite + Unpin>(
             if data.is_empty() {
                 continue;
             }
+            *sent += data.len() as u64;
             if let Some(n) = &mut left {
                 if data.len() as u64 > *n {
                     return Err(Broke::Late("body longer than its Content-Length".into()));
