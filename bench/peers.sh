@@ -36,6 +36,8 @@
 #   c  wrk HTTPS keep-alive, 64 conns                     on :18443
 #   d  wrk HTTPS, 64 conns, "Connection: close" -> one new TLS connection per request
 #   e  h2load HTTP/2 over TLS, -c 32 -m 10 (only if the peer negotiates h2)
+#   f  wrk HTTP/1.1 keep-alive POST, 1 KiB JSON body, 64 conns  POST /api/payments/charge (opt-in)
+#   g  wrk HTTP/1.1 keep-alive GET, 16 KiB JSON response, 64 conns  GET /api/products/page (opt-in)
 #
 # Usage:
 #   bench/peers.sh                   # markdown table on stdout, progress on stderr
@@ -236,6 +238,20 @@ write_configs() {
   cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy/cert+key.pem"
   CERT=$WORK/cert.pem KEY=$WORK/key.pem
 
+  # --- loads f and g: a 1 KiB JSON request body, a 16 KiB JSON response
+  python3 - "$WORK/backend/page.json" "$WORK/post.lua" <<'PYEOF'
+import json, sys
+def sized(obj, n):  # JSON text of exactly n bytes: obj plus a padding field
+    obj["pad"] = ""
+    obj["pad"] = "x" * (n - len(json.dumps(obj)))
+    return json.dumps(obj)
+items = [{"id": i, "name": "product %05d" % i, "price": 1999} for i in range(250)]
+open(sys.argv[1], "w").write(sized({"items": items}, 16384))
+body = sized({"order": "o-1", "amount": 1999, "currency": "EUR"}, 1024)
+open(sys.argv[2], "w").write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[%s]]\n' % body)
+PYEOF
+  chmod a+rx "$WORK" "$WORK/backend"; chmod a+r "$WORK/backend/page.json"   # nginx workers run as nobody
+
   # --- backend: one nginx, 1 worker, 6 ports
   d=$WORK/backend
   {
@@ -253,6 +269,7 @@ write_configs() {
     echo "  default_type application/json;"
     echo "  server {"
     for p in "${BACKEND_PORTS[@]}"; do echo "    listen 127.0.0.1:$p;"; done
+    echo "    location = /api/products/page { alias $d/page.json; }"
     echo "    location / { return 200 '$(make_body)'; }"
     echo "  }"
     echo "}"
@@ -579,6 +596,8 @@ client_cmd() { # sets CLIENT_ARGS; $1 = load, $2 = duration (s), $3 = http base 
     b) CLIENT_ARGS=(wrk -t1 -c256 "-d${dur}s" --latency "$http$PATH_UNDER_TEST") ;;
     c) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency "$https$PATH_UNDER_TEST") ;;
     d) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency -H "Connection: close" "$https$PATH_UNDER_TEST") ;;
+    f) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency -s "$WORK/post.lua" "${http}/api/payments/charge") ;;
+    g) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency "${http}/api/products/page") ;;
     e) CLIENT_ARGS=(h2load -t1 -c32 -m10 -D "$dur")
        [[ -n ${5:-} ]] && CLIENT_ARGS+=("--log-file=$5")
        CLIENT_ARGS+=("$https$PATH_UNDER_TEST") ;;
@@ -696,6 +715,8 @@ load_desc() {
     c) echo "HTTPS (HTTP/1.1) keep-alive, wrk -t1 -c64, :$TLS_PORT" ;;
     d) echo "HTTPS, new TLS connection per request (wrk -t1 -c64 -H 'Connection: close'), :$TLS_PORT" ;;
     e) echo "HTTP/2 over TLS, h2load -t1 -c32 -m10, :$TLS_PORT" ;;
+    f) echo "HTTP/1.1 keep-alive POST with a 1 KiB JSON body (Content-Length), wrk -t1 -c64, :$HTTP_PORT/api/payments/charge" ;;
+    g) echo "HTTP/1.1 keep-alive GET of a 16 KiB JSON response, wrk -t1 -c64, :$HTTP_PORT/api/products/page" ;;
   esac
 }
 

@@ -45,37 +45,3 @@ pub mod snapshot;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        eprintln!("Record {}", std::mem::size_of::<crate::record::Record>());
-        eprintln!("Body {}", std::mem::size_of::<crate::body::Body>());
-        eprintln!(
-            "upstream::Body {}",
-            std::mem::size_of::<crate::upstream::Body>()
-        );
-        eprintln!(
-            "Outbound {}",
-            std::mem::size_of::<crate::proxy::forward::Outbound<'static>>()
-        );
-        eprintln!(
-            "Answer {}",
-            std::mem::size_of::<crate::proxy::forward::Answer>()
-        );
-        eprintln!(
-            "Response<Body> {}",
-            std::mem::size_of::<http::Response<crate::body::Body>>()
-        );
-        eprintln!(
-            "h1::Head {}",
-            std::mem::size_of::<crate::upstream::h1::Head>()
-        );
-        eprintln!("Method {}", std::mem::size_of::<http::Method>());
-        eprintln!(
-            "RequestId {}",
-            std::mem::size_of::<crate::record::RequestId>()
-        );
-    }
-}

@@ -35,9 +35,9 @@ use tokio::net::TcpStream;
 
 /// Longest response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Free space made in the read buffer before each read: a 16 KiB response and its head
-/// arrive in one read.
-const READ_SIZE: usize = 32 * 1024;
+/// Free space made in the read buffer before each read: a response of 16 KiB and its head
+/// arrive in one read (the space left over from the last one may be too little).
+const READ_SIZE: usize = 20 * 1024;
 /// Body pieces up to this size are copied behind their chunk header (one write).
 const COPY_SMALL: usize = 8 * 1024;
 
@@ -375,7 +375,7 @@ fn fill<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+    if buf.capacity() - buf.len() < READ_SIZE {
         buf.reserve(READ_SIZE);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
