@@ -42,8 +42,15 @@ pub struct Entry {
 }
 
 impl AccessLog {
-    /// Start the writer thread for `format` (none for `off`).
+    /// Start the writer thread for `format` (none for `off`), writing to stdout.
     pub fn start(format: AccessLogFormat) -> AccessLog {
+        // Not `stdout().lock()`: holding the lock while waiting would block everyone else
+        // who prints (the demo's tour, for one).
+        AccessLog::start_to(format, Box::new(std::io::stdout()))
+    }
+
+    /// Start the writer thread for `format`, writing to `out` (tests read the log so).
+    pub fn start_to(format: AccessLogFormat, out: Box<dyn Write + Send>) -> AccessLog {
         let dropped = Arc::new(AtomicU64::new(0));
         if format == AccessLogFormat::Off {
             return AccessLog { tx: None, dropped };
@@ -52,7 +59,7 @@ impl AccessLog {
         let d = dropped.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, format, &d))
+            .spawn(move || write_loop(rx, format, &d, out))
             .expect("cannot start the access log thread");
         AccessLog {
             tx: Some(tx),
@@ -98,10 +105,13 @@ impl Entry {
     }
 }
 
-fn write_loop(rx: Receiver<Box<Entry>>, format: AccessLogFormat, dropped: &AtomicU64) {
-    // Not `stdout().lock()`: holding the lock while waiting would block everyone else
-    // who prints (the demo's tour, for one).
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+fn write_loop(
+    rx: Receiver<Box<Entry>>,
+    format: AccessLogFormat,
+    dropped: &AtomicU64,
+    out: Box<dyn Write + Send>,
+) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(512);
     let mut reported = 0;
     let mut next = rx.recv().ok();

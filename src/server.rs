@@ -129,6 +129,12 @@ impl Server {
     /// socket per worker, so the kernel spreads new connections over the workers and a
     /// connection lives on one thread from accept to close.
     pub async fn bind_workers(config: Config, workers: usize) -> io::Result<Server> {
+        let log = AccessLog::start(config.access_log);
+        Server::bind_with(config, workers, log).await
+    }
+
+    /// [`Server::bind_workers`], with the access log written by `log`.
+    pub async fn bind_with(config: Config, workers: usize, log: AccessLog) -> io::Result<Server> {
         let workers = workers.max(1);
         let mut listeners = Vec::new();
         for l in &config.listeners {
@@ -160,7 +166,6 @@ impl Server {
             })?),
             None => None,
         };
-        let log = AccessLog::start(config.access_log);
         let shared = Arc::new(Shared::new(Snapshot::compile(config, None)));
         Ok(Server {
             proxy: Arc::new(Proxy::new(shared.clone(), log)),
