@@ -1,4 +1,4 @@
-//! The command line: `run` (the default), `check`, `demo` and `echo`.
+//! The command line: `run` (the default), `check`, `demo`, `echo` and `explain`.
 //!
 //! Exit codes: 0 ok, 1 bad config or runtime failure, 2 usage (clap's own).
 
@@ -36,6 +36,10 @@ enum Command {
     /// Start an echo backend for every loopback backend address in the config, then run
     /// the proxy and print a few curl lines to try.
     Demo(RunArgs),
+    /// Show what the proxy would decide for one request, and why, without sending it:
+    /// the route candidates in the order tried, the route and pool, or the status the proxy
+    /// would answer itself (400, 404, 421, 308).
+    Explain(ExplainArgs),
     /// A small echo backend: answers every request with 200 and a JSON description of it.
     Echo {
         /// Address to listen on, like 127.0.0.1:9001.
@@ -55,6 +59,28 @@ struct RunArgs {
     /// core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The request method, like GET.
+    method: String,
+    /// The absolute URL: http://host/path?query, or https://... for a TLS listener's view.
+    url: String,
+    /// A request header, as 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+    /// A cookie, as 'name=value' (repeatable).
+    #[arg(long = "cookie", value_name = "COOKIE")]
+    cookies: Vec<String>,
+    /// The client's address, for ip_hash.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    client: std::net::IpAddr,
 }
 
 #[derive(Args)]
@@ -79,6 +105,7 @@ pub fn main() -> ExitCode {
         Some(Command::Run(a)) => run(&a, false),
         Some(Command::Demo(a)) => run(&a, true),
         Some(Command::Check(a)) => return check(&a.config),
+        Some(Command::Explain(a)) => return explain(&a),
         Some(Command::Echo { listen, name }) => echo(listen, name),
     };
     match result {
@@ -114,6 +141,42 @@ fn load(path: &Path) -> Option<Config> {
                 eprintln!("{e}");
             }
             None
+        }
+    }
+}
+
+fn explain(a: &ExplainArgs) -> ExitCode {
+    let Some(config) = load(&a.config.config) else {
+        return ExitCode::FAILURE;
+    };
+    let Ok(method) = http::Method::from_bytes(a.method.as_bytes()) else {
+        eprintln!("switchyard explain: {:?} is not an HTTP method", a.method);
+        return ExitCode::from(2);
+    };
+    let ask = crate::explain::Ask {
+        method,
+        url: a.url.clone(),
+        headers: a.headers.clone(),
+        cookies: a.cookies.clone(),
+        client: a.client,
+    };
+    match crate::explain::explain(config, &ask) {
+        Ok(e) => {
+            let mut out = std::io::stdout().lock();
+            let _ = if a.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&e).expect("explanations serialize")
+                )
+            } else {
+                write!(out, "{}", crate::explain::text(&e))
+            };
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard explain: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod clock;
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod explain;
 pub mod health;
 pub mod pool;
 pub mod proxy;
