@@ -20,7 +20,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tracing::info!(%addr, "admin listening");
     }
     loop {
-        let (tcp, _) = crate::server::accept(&listener).await;
+        let (tcp, _) = crate::net::accept(&listener).await;
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 /// Answer requests on `listener` as backend `name`, forever.
 pub async fn serve(listener: TcpListener, name: Arc<str>) {
     loop {
-        let (tcp, _) = crate::server::accept(&listener).await;
+        let (tcp, _) = crate::net::accept(&listener).await;
         let _ = tcp.set_nodelay(true);
         let name = name.clone();
         tokio::spawn(async move {

@@ -1,23 +1,27 @@
 //! Switchyard: an L7 HTTP reverse proxy and load balancer.
 //!
+//! # The pipeline
+//! Every request, whichever wire path it came on, takes the same steps:
+//! 1. A wire path reads it: [`server::h1`] (the lane: HTTP/1.0 and 1.1 on their bytes,
+//!    bodies and upgrades included) or [`server::h2`] (hyper's HTTP/2 server).
+//! 2. [`proxy::decide`] decides it once: host, TLS guard, redirect, route (via [`router`]),
+//!    limits, pool and first backend (via [`pool`] and [`balance`]). 4xx and 503 start here.
+//! 3. [`proxy::edit`] edits its fields, described as data and applied to bytes or to a
+//!    header map; the response's edits likewise.
+//! 4. [`proxy::forward`] sends it with the one retry policy, over [`upstream::h1`] (every
+//!    HTTP/1.1 backend) or [`upstream::h2`] (hyper's client, for `protocol: h2`).
+//! 5. Its [`record::Record`], filled in on the way, is finished where it is dropped, once
+//!    the response is done: the [`access_log`] reads it. Errors become responses in one
+//!    place, [`proxy::fail`].
+//!
 //! # Layout
-//! A request flows top to bottom through these modules:
-//! - [`server`]: listeners, client connections, limits, timeouts, graceful shutdown. Plain
-//!   HTTP/1.1 requests without a body are read by the lane ([`server::lane`], httparse);
-//!   the lane hands a connection to hyper's server for anything else (bodies, upgrades,
-//!   HTTP/1.0), and HTTP/2 goes to hyper from the start.
-//! - [`proxy`]: the hot path. Reads the target, asks the [`router`], picks a backend from
-//!   the [`pool`] (with [`balance`]), forwards through [`upstream`] with retries, and turns
-//!   failures into responses ([`error`]) in one place. The lane's requests to plain
-//!   HTTP/1.1 pools take [`proxy::fast`], which does the same on the request's bytes
-//!   without building `http` types; whatever it does not decide goes to [`proxy::Proxy::handle`].
-//! - [`upstream`]: backend connections and their pools: hyper's client, and for bodiless
-//!   requests to plain HTTP/1.1 backends the cheaper inline client ([`upstream::h1`]).
-//! - [`wire`]: the HTTP/1.1 byte helpers the lane, the fast path and the inline client share.
-//! - [`snapshot`]: the compiled, immutable config every request reads (one `ArcSwap`).
-//! - [`config`]: `routes.yaml` -> raw serde structs -> validated [`config::Config`].
-//! - [`health`]: passive ejection of failing backends.
-//! - [`access_log`], [`admin`], [`echo`] (the stand-in backend), [`cli`].
+//! Below the pipeline: [`wire`] (HTTP/1.1 byte helpers, the strict [`wire::chunked`]
+//! codec), [`body`], [`clock`] (process and connection clocks), [`error`], [`health`]
+//! (passive ejection), [`tls`] (SNI from the live snapshot; [`tls::certs`] loads files),
+//! [`net`] (sockets). Above it: [`snapshot`] (the compiled config every request reads, one
+//! `ArcSwap`), [`config`] (`routes.yaml` -> raw serde -> validated [`config::Config`]),
+//! [`server`] (listeners, limits, timeouts, shutdown), [`admin`], [`echo`] (the stand-in
+//! backend), [`explain`], [`cli`].
 //!
 //! Tests start the real thing in-process: [`server::Server::bind`] on `127.0.0.1:0`, then
 //! [`server::Server::run`] with a shutdown future.
@@ -37,6 +41,7 @@ pub mod echo;
 pub mod error;
 pub mod explain;
 pub mod health;
+pub mod net;
 pub mod pool;
 pub mod proxy;
 pub mod record;

@@ -7,7 +7,7 @@
 //! 4. The response's edits, then the wire path writes it.
 //! 5. The request's [`Record`] is finished where it is dropped, when the body is done.
 //!
-//! Errors become responses in one place, [`Proxy::fail`], which logs them once. The wire
+//! Errors become responses in one place, [`fail`], which logs them once. The wire
 //! paths (`server::h1`, the lane, and `server::h2`, hyper's HTTP/2 server) only move
 //! bytes and call these steps.
 

@@ -5,6 +5,13 @@
 //! (new connections are refused), open connections finish their requests and close, and
 //! after `shutdown_timeout` whatever is left is cut. The admin listener stays up until
 //! `run` returns, answering `/ready` with 503 while draining.
+//!
+//! A connection is TLS-terminated here when its listener says so, then served by one wire
+//! path for its life: [`h1`] (the lane) or [`h2`] (hyper's HTTP/2 server, by ALPN or
+//! prior knowledge). `Conn::drive` runs either under the connection's clock: the head
+//! deadline, the idle timeout (a graceful close, then a cut if the connection lingers),
+//! the lane's response deadline, and shutdown. `max_connections` is the listener's,
+//! shared by every worker ([`ConnLimit`]).
 
 pub mod h1;
 pub mod h2;
@@ -14,6 +21,7 @@ use crate::admin;
 use crate::clock::{ConnClock, Verdict, instant_at, now_ms};
 use crate::config::{self, Config, Limits};
 use crate::error::ProxyError;
+use crate::net;
 use crate::proxy::{self, ConnInfo, Proxy, TlsInfo};
 use crate::record::Record;
 use crate::snapshot::{ListenerStats, Shared, Snapshot};
@@ -35,7 +43,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -144,12 +152,12 @@ impl Server {
                     format!("cannot bind listener {} to {}: {e}", l.name, l.bind),
                 )
             };
-            let first = bind_tcp(l.bind, workers > 1).map_err(err)?;
+            let first = net::bind(l.bind, workers > 1).map_err(err)?;
             // Port 0 picks a port once; the other workers' sockets join that one.
             let addr = first.local_addr()?;
             let mut sockets = vec![first];
             for _ in 1..workers {
-                sockets.push(bind_tcp(addr, true).map_err(err)?);
+                sockets.push(net::bind(addr, true).map_err(err)?);
             }
             listeners.push(Bound {
                 cfg: Arc::new(l.clone()),
@@ -158,7 +166,7 @@ impl Server {
             });
         }
         let admin = match config.admin {
-            Some(a) => Some(bind_tcp(a, false).map_err(|e| {
+            Some(a) => Some(net::bind(a, false).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("cannot bind the admin listener to {a}: {e}"),
@@ -330,34 +338,6 @@ impl Worker {
     }
 }
 
-/// The next connection on `listener`; errors (usually out of file descriptors) are logged
-/// and retried after a pause instead of spinning.
-pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(a) => return a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    if reuse_port {
-        socket.set_reuseport(true)?;
-    }
-    socket.bind(addr)?;
-    socket.listen(4096)?.into_std()
-}
-
 /// One listener's accept loop and what its connections share.
 struct Accept {
     proxy: Arc<Proxy>,
@@ -387,7 +367,7 @@ impl Accept {
                 _ = self.stop.fired() => break,
             }
             let (tcp, peer) = tokio::select! {
-                a = accept(&listener) => a,
+                a = net::accept(&listener) => a,
                 _ = self.stop.fired() => break,
             };
             let conn = Conn {

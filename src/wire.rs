@@ -1,6 +1,7 @@
-//! HTTP/1.1 bytes shared by the places that read and write them without hyper: the
-//! server's lane (`server::lane`), the fast path (`proxy::fast`) and the inline upstream
-//! client (`upstream::h1`). Parsing itself is httparse's; this is what comes after it.
+//! HTTP/1.1 bytes shared by the places that read and write them without hyper: the lane
+//! (`server::h1`), the header edits (`proxy::edit`) and the HTTP/1.1 client
+//! (`upstream::h1`). Parsing itself is httparse's; this is what comes after it, and the
+//! chunked coding both directions share ([`chunked`]).
 
 pub mod chunked;
 

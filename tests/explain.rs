@@ -274,7 +274,11 @@ async fn explain_answers_what_the_running_proxy_does() {
     // The set covers every kind of answer, so agreement is not agreement on one outcome.
     let statuses: std::collections::BTreeSet<u16> = seen.iter().map(|(s, _)| *s).collect();
     assert_eq!(statuses, [200, 400, 404, 421].into());
-    assert_eq!(seen.iter().filter(|(s, _)| *s == 200).count(), 5, "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|(s, _)| *s == 200).count(),
+        5,
+        "{seen:?}"
+    );
 }
 
 #[test]

@@ -7,12 +7,12 @@
 //! ([`head`]), runs the pipeline's [`decide`] and writes the backend's head straight from
 //! the client's bytes with the request [`edit`]s, while the head is still in the read
 //! buffer; then it forwards (the body streams from the client connection, [`body`]),
-//! and writes the response ([`write`]) from the backend's bytes, or from a header map for
+//! and writes the response ([`write`](mod@write)) from the backend's bytes, or from a header map for
 //! an HTTP/2 backend and for the proxy's own answers. Upgrades become a tunnel after a
 //! 101 for the protocol asked.
 //!
 //! Time: the head and idle timeouts and the wait for a response head come from the
-//! connection's [`ConnClock`], which `server::drive` turns into one timer; body reads and
+//! connection's [`ConnClock`](crate::clock::ConnClock), which `server::Conn::drive` turns into one timer; body reads and
 //! writes have their own watchdogs. Bytes left in the buffer after a response are the
 //! next head in progress: the head timeout runs for them.
 

@@ -1,5 +1,5 @@
 //! The HTTP/2 wire path: hyper's server frames the streams, and each request runs the same
-//! pipeline as the lane's: [`decide`], the request [`edit`]s (written as bytes for an
+//! pipeline as the lane's: [`decide`], the request [`edit`](crate::proxy::edit)s (written as bytes for an
 //! HTTP/1.1 backend, applied to the header map for an HTTP/2 one), `forward`, the response
 //! edits. Streams are concurrent, so the response wait has a timer per stream.
 
