@@ -1,6 +1,7 @@
 //! Test harness: real backends and the real proxy on 127.0.0.1 with ephemeral ports.
 #![allow(dead_code)]
 
+pub mod matrix;
 pub mod tls;
 
 use bytes::Bytes;
