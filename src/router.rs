@@ -137,8 +137,8 @@ impl Router {
     }
 }
 
-/// What route conditions read from a request: a request taken apart by hyper, or one the
-/// fast path reads on its bytes.
+/// What route conditions read from a request: one taken apart by hyper, or one the lane
+/// reads on its bytes.
 pub trait Fields {
     fn method(&self) -> &Method;
     /// The values of every field called `name`, in order.

@@ -1,6 +1,6 @@
-//! Header edits that must agree across the request paths: the fast path (HTTP/1.1 GET),
-//! bodies (POST with Content-Length, POST chunked) and HTTP/1.0, each checked on the exact
-//! head the backend receives.
+//! Header edits that must agree across request shapes: HTTP/1.1 GET, bodies (POST with
+//! Content-Length, POST chunked) and HTTP/1.0, each checked on the exact head the backend
+//! receives.
 mod support;
 
 use std::net::SocketAddr;

@@ -1250,6 +1250,15 @@ const SCRIPTED: &[Scripted] = &[
         fine: Some((200, "")),
         ..faulty("a HEAD answered with a body", OK_HELLO)
     },
+    // Found by fuzzing (fuzz/fuzz_targets/upstream_response.rs): no body, yet both framings.
+    Scripted {
+        head: true,
+        fine: Some((200, "")),
+        ..faulty(
+            "a HEAD answered with both Content-Length and chunked",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+    },
     Scripted {
         faulty: false,
         fine: Some((200, "hello")),

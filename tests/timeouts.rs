@@ -429,3 +429,29 @@ async fn a_backend_that_takes_no_body_bytes_is_given_up_at_the_write_timeout() {
         "{text:?}"
     );
 }
+
+/// The response wait starts once the request is all sent: a body that takes longer than
+/// `timeouts.response` to upload, answered at once, is a 200, not a 504.
+#[tokio::test]
+async fn the_response_timeout_runs_from_the_end_of_a_slow_upload() {
+    let backend = BodyBackend::start().await;
+    let p = Proxy::start(&config("", "response: 400ms"), &[("b", backend.addr)]).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    // Five pieces a moment apart: about a second of upload, over twice the response timeout.
+    for _ in 0..5 {
+        s.write_all(b"2\r\nab\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert_eq!(backend.got.lock().unwrap()[0].body, b"ababababab");
+}

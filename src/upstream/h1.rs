@@ -157,6 +157,9 @@ impl Conn {
         let mut early = false;
         if let Some(body) = x.body {
             early = self.send_body(body, x.chunked, x.write_timeout).await?;
+            // The response wait runs from now, and a streamed body may have taken a while:
+            // refresh the thread's recent time that the wait's deadline is counted from.
+            crate::clock::now_ms();
         }
         let mut head = wait
             .head(poll_fn(|cx| self.poll_head(cx, x.head_request, x.upgrade)))
@@ -258,114 +261,124 @@ impl Conn {
         }
     }
 
-    /// The response head at the front of the buffer, if it is all there; informational
-    /// (1xx) responses before it are skipped.
+    /// The response head at the front of the buffer, if it is all there.
     fn parse_head(
         &mut self,
         head_request: bool,
         upgrade: Option<&[u8]>,
     ) -> Result<Option<Head>, UpstreamError> {
-        loop {
-            // Uninitialized slots: filling 100 empty headers per response costs more than
-            // parsing the handful a backend sends.
-            let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-            let mut r = httparse::Response::new(&mut []);
-            let parsed = httparse::ParserConfig::default()
-                .parse_response_with_uninit_headers(&mut r, &self.buf, &mut slots);
-            let len = match parsed {
-                Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
-                Ok(httparse::Status::Complete(_)) => {
-                    return Err(UpstreamError::Malformed("response head too large"));
-                }
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(UpstreamError::Parse(e)),
-            };
-            let code = r.code.unwrap_or_default();
-            let switching = code == 101;
-            if switching {
-                let asked =
-                    upgrade.ok_or(UpstreamError::Malformed("switched protocols unasked"))?;
-                let to = r
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
-                    .map(|h| h.value);
-                if !to.is_some_and(|to| same_protocol(to, asked)) {
-                    return Err(UpstreamError::Malformed(
-                        "switched to another protocol than asked",
-                    ));
-                }
-            } else if (100..200).contains(&code) {
-                self.buf.advance(len);
-                continue;
+        parse_head(&mut self.buf, &mut self.fields, head_request, upgrade)
+    }
+}
+
+/// The response head at the front of `buf`, if it is all there, its fields' places in
+/// `fields`; informational (1xx) responses before it are skipped. `head_request`: the
+/// request was a HEAD; `upgrade`: the protocol it asked to switch to. Pure, for the fuzzer.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    fields: &mut Vec<Field>,
+    head_request: bool,
+    upgrade: Option<&[u8]>,
+) -> Result<Option<Head>, UpstreamError> {
+    loop {
+        // Uninitialized slots: filling 100 empty headers per response costs more than
+        // parsing the handful a backend sends.
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut r, &buf, &mut slots);
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(UpstreamError::Malformed("response head too large"));
             }
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| UpstreamError::Malformed("invalid status code"))?;
-            let version = if r.version == Some(0) {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            };
-            // HTTP/1.0 closes after each response unless it says otherwise.
-            let mut close = version == Version::HTTP_10;
-            let mut length: Option<u64> = None;
-            let mut lengths = 0;
-            let mut chunked: Option<bool> = None;
-            self.fields.clear();
-            for h in r.headers.iter() {
-                let known = Known::of(h.name.as_bytes());
-                match known {
-                    Known::ContentLength => {
-                        let n = content_length(h.value)
-                            .ok_or(UpstreamError::Malformed("invalid Content-Length"))?;
-                        if length.is_some_and(|l| l != n) {
-                            return Err(UpstreamError::Malformed("conflicting Content-Length"));
-                        }
-                        length = Some(n);
-                        lengths += 1;
-                    }
-                    // The last field's last coding decides (RFC 9112 §6.3).
-                    Known::TransferEncoding => chunked = Some(last_token_is(h.value, b"chunked")),
-                    Known::Connection => {
-                        for token in tokens(h.value) {
-                            if token.eq_ignore_ascii_case(b"close") {
-                                close = true;
-                            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                                close &= version == Version::HTTP_11;
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                let name = wire::span(&self.buf, h.name.as_bytes());
-                let value = wire::span(&self.buf, h.value);
-                // A head is at most MAX_HEAD bytes, so its offsets fit in u32.
-                self.fields.push(Field {
-                    known,
-                    name: (name.0 as u32, name.1 as u32),
-                    value: (value.0 as u32, value.1 as u32),
-                });
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(UpstreamError::Parse(e)),
+        };
+        let code = r.code.unwrap_or_default();
+        let switching = code == 101;
+        if switching {
+            let asked = upgrade.ok_or(UpstreamError::Malformed("switched protocols unasked"))?;
+            let to = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .map(|h| h.value);
+            if !to.is_some_and(|to| same_protocol(to, asked)) {
+                return Err(UpstreamError::Malformed(
+                    "switched to another protocol than asked",
+                ));
             }
-            // HTTP/1.0 with a transfer coding is faulty framing (RFC 9112 §6.1), and a
-            // repeated length is suspect even when the values agree: read it, then close.
-            if (version == Version::HTTP_10 && chunked.is_some()) || lengths > 1 {
-                close = true;
-            }
-            let bytes = self.buf.split_to(len).freeze();
-            let bodiless = switching
-                || head_request
-                || status == StatusCode::NO_CONTENT
-                || status == StatusCode::NOT_MODIFIED;
-            let kind = framing(bodiless, length, chunked, &mut close);
-            return Ok(Some(Head {
-                status,
-                version,
-                bytes,
-                coded: chunked.is_some(),
-                framing: Framing { kind, close },
-                early: false,
-            }));
+        } else if (100..200).contains(&code) {
+            buf.advance(len);
+            continue;
         }
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| UpstreamError::Malformed("invalid status code"))?;
+        let version = if r.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // HTTP/1.0 closes after each response unless it says otherwise.
+        let mut close = version == Version::HTTP_10;
+        let mut length: Option<u64> = None;
+        let mut lengths = 0;
+        let mut chunked: Option<bool> = None;
+        fields.clear();
+        for h in r.headers.iter() {
+            let known = Known::of(h.name.as_bytes());
+            match known {
+                Known::ContentLength => {
+                    let n = content_length(h.value)
+                        .ok_or(UpstreamError::Malformed("invalid Content-Length"))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(UpstreamError::Malformed("conflicting Content-Length"));
+                    }
+                    length = Some(n);
+                    lengths += 1;
+                }
+                // The last field's last coding decides (RFC 9112 §6.3).
+                Known::TransferEncoding => chunked = Some(last_token_is(h.value, b"chunked")),
+                Known::Connection => {
+                    for token in tokens(h.value) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            close &= version == Version::HTTP_11;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let name = wire::span(&buf, h.name.as_bytes());
+            let value = wire::span(&buf, h.value);
+            // A head is at most MAX_HEAD bytes, so its offsets fit in u32.
+            fields.push(Field {
+                known,
+                name: (name.0 as u32, name.1 as u32),
+                value: (value.0 as u32, value.1 as u32),
+            });
+        }
+        // HTTP/1.0 with a transfer coding is faulty framing (RFC 9112 §6.1), and a
+        // repeated length is suspect even when the values agree: read it, then close.
+        if (version == Version::HTTP_10 && chunked.is_some()) || lengths > 1 {
+            close = true;
+        }
+        let bytes = buf.split_to(len).freeze();
+        let bodiless = switching
+            || head_request
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let kind = framing(bodiless, length, chunked, &mut close);
+        return Ok(Some(Head {
+            status,
+            version,
+            bytes,
+            coded: chunked.is_some(),
+            framing: Framing { kind, close },
+            early: false,
+        }));
     }
 }
 
@@ -495,16 +508,16 @@ pub trait Wait {
 /// last transfer coding is chunked, if it had any. Sets `close` when the connection cannot
 /// carry another exchange after this one.
 fn framing(bodiless: bool, length: Option<u64>, chunked: Option<bool>, close: &mut bool) -> Kind {
+    // Transfer-Encoding overrides Content-Length, and a message with both is suspect, with a
+    // body or without: the length is dropped and the connection not reused.
+    if chunked.is_some() && length.is_some() {
+        *close = true;
+    }
     if bodiless {
         return Kind::Done;
     }
     match (chunked, length) {
-        (Some(chunked), length) => {
-            // Transfer-Encoding overrides Content-Length, and a message with both is
-            // suspect: the length is dropped and the connection not reused.
-            if length.is_some() {
-                *close = true;
-            }
+        (Some(chunked), _) => {
             if chunked {
                 Kind::Chunked(chunked::Decoder::default())
             } else {
@@ -561,6 +574,11 @@ impl Framing {
         conn.buf.advance(n);
         self.kind = Kind::Done;
         Some(n)
+    }
+
+    /// Whether the connection must close after this response, whatever else happens.
+    pub fn closes(&self) -> bool {
+        self.close
     }
 
     /// After the end: whether `conn` may carry the next exchange.

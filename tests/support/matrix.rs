@@ -1,7 +1,8 @@
 //! The shape matrix: one logical request sent over each internal path of the proxy.
 //!
 //! The proxy reaches the same pipeline over different internal paths (see DEVELOPERS.md:
-//! the fast path, the lane's general path, hyper), and upstream over different clients.
+//! the lane's bodiless and body-carrying requests, HTTP/1.0, hyper's HTTP/2 server), and
+//! upstream over different clients (its own HTTP/1.1 client, plain or TLS; hyper's h2).
 //! A behaviour only counts when it holds on every one, so a test here is written once,
 //! for a [`Shape`], and run over [`Shape::ALL`] by [`every_shape`]:
 //!
@@ -110,7 +111,7 @@ impl Shape {
     /// A short name for failure reports.
     pub fn name(self) -> &'static str {
         match self {
-            Shape::Get => "HTTP/1.1 GET (fast path)",
+            Shape::Get => "HTTP/1.1 GET",
             Shape::PostLength => "HTTP/1.1 POST Content-Length",
             Shape::PostChunked => "HTTP/1.1 POST chunked",
             Shape::Http10 => "HTTP/1.0",

@@ -1,7 +1,6 @@
-//! The fast path (plain HTTP/1.1 bodiless requests, routed and rewritten on their bytes)
-//! seen from the wire on both sides: a client writing exact bytes, a backend recording the
-//! exact head it gets. Header names keep the sender's spelling only on the fast path
-//! (hyper's writers lower-case them), which is how these tests know which path ran.
+//! The lane (HTTP/1 requests routed and rewritten on their bytes) seen from the wire on
+//! both sides: a client writing exact bytes, a backend recording the exact head it gets.
+//! Header names keep the sender's spelling.
 mod support;
 
 use std::time::Duration;
@@ -201,7 +200,7 @@ async fn a_dead_backend_answers_502_with_the_request_id_and_the_connection_goes_
 }
 
 #[tokio::test]
-async fn requests_the_fast_path_declines_get_the_general_answers() {
+async fn unusual_targets_and_host_problems_get_their_answers() {
     let b = RawBackend::start(|_, head| {
         let path = head.split(' ').nth(1).unwrap().to_string();
         Reply::bytes(format!(
@@ -221,7 +220,7 @@ routes: [{name: api, match: {prefix: /api}, pool: p}]
         let got = raw(p.addr, req.as_bytes(), LIMIT).await;
         got.split("\r\n").next().unwrap_or_default().to_string()
     };
-    // Characters outside RFC 3986 (`|`, `"`): routed the general way, still proxied.
+    // Characters outside RFC 3986 that `http::Uri` also takes (`|`): still proxied.
     assert_eq!(
         ask("GET /api/a|b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await,
         "HTTP/1.1 200 OK"
