@@ -286,7 +286,7 @@ pub fn parse_head(
         let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut r = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut r, &buf, &mut slots);
+            .parse_response_with_uninit_headers(&mut r, buf, &mut slots);
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
             Ok(httparse::Status::Complete(_)) => {
@@ -351,8 +351,8 @@ pub fn parse_head(
                 }
                 _ => {}
             }
-            let name = wire::span(&buf, h.name.as_bytes());
-            let value = wire::span(&buf, h.value);
+            let name = wire::span(buf, h.name.as_bytes());
+            let value = wire::span(buf, h.value);
             // A head is at most MAX_HEAD bytes, so its offsets fit in u32.
             fields.push(Field {
                 known,
