@@ -119,11 +119,6 @@ impl Known {
     }
 }
 
-/// Whether `b` may appear in a token (RFC 9110 §5.6.2).
-pub fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// Whether a field value holds only visible ASCII, spaces and tabs, as
 /// `HeaderValue::to_str` demands.
 pub fn is_visible(value: &[u8]) -> bool {

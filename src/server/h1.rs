@@ -113,7 +113,6 @@ struct Conn<T> {
 /// A request, decided, with everything the rest of it needs once its head has left the
 /// read buffer.
 struct Prepared {
-    record: Record,
     to: To,
     /// Bytes of the read buffer the head (and a body copied along) took.
     used: usize,
@@ -123,8 +122,6 @@ struct Prepared {
 }
 
 enum Action {
-    /// Taken by `exchange`.
-    Done,
     /// The proxy's own answer (an error, a redirect); boxed, not to weigh down the usual
     /// request.
     Answer(Box<Response<Body>>),
@@ -150,12 +147,12 @@ struct Forward {
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
     async fn serve(mut self) {
         loop {
-            let Some(mut p) = self.next().await else {
+            let Some((mut record, p)) = self.next().await else {
                 return;
             };
-            let go_on = self.exchange(&mut p).await;
+            let go_on = self.exchange(p, &mut record).await;
             // The record is finished here, once the response is all out.
-            drop(p);
+            drop(record);
             if !go_on || self.closing.load(Relaxed) {
                 let _ = self.io.shutdown().await;
                 return;
@@ -169,7 +166,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
 
     /// Read until a head is complete (or broken) and prepare its request; `None` when the
     /// connection ends first.
-    async fn next(&mut self) -> Option<Prepared> {
+    async fn next(&mut self) -> Option<(Record, Prepared)> {
         loop {
             if !self.b.read.is_empty()
                 && let Some(p) = self.prepare()
@@ -200,7 +197,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
 
     /// Parse the head at the front of the read buffer and decide its request, writing the
     /// backend's head into `up`; `None` while the head is incomplete.
-    fn prepare(&mut self) -> Option<Prepared> {
+    fn prepare(&mut self) -> Option<(Record, Prepared)> {
         let mut slots = Slots::default();
         let parsed = head::parse(
             &self.b.read,
@@ -220,13 +217,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
             Err(e) => {
                 let mut record = Record::start(&self.info);
                 let resp = proxy::fail(e, &mut record);
-                return Some(Prepared {
+                return Some((
                     record,
-                    to: to(None),
-                    used: self.b.read.len(),
-                    left: Left::Broken,
-                    action: Action::Answer(Box::new(resp)),
-                });
+                    Prepared {
+                        to: to(None),
+                        used: self.b.read.len(),
+                        left: Left::Broken,
+                        action: Action::Answer(Box::new(resp)),
+                    },
+                ));
             }
         };
         let mut record = Record::start(&self.info);
@@ -319,29 +318,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
             used += n as usize;
             left = Left::Done;
         }
-        Some(Prepared {
+        Some((
             record,
-            to,
-            used,
-            left,
-            action,
-        })
+            Prepared {
+                to,
+                used,
+                left,
+                action,
+            },
+        ))
     }
 
     /// Serve one prepared request; whether the connection may carry another.
-    async fn exchange(&mut self, p: &mut Prepared) -> bool {
+    async fn exchange(&mut self, p: Prepared, record: &mut Record) -> bool {
         let Prepared {
-            record,
-            to,
+            mut to,
             used,
             left,
             action,
         } = p;
-        let (left, mut to) = (*left, *to);
-        self.b.read.advance(*used);
-        let action = std::mem::replace(action, Action::Done);
+        self.b.read.advance(used);
         let (fwd, req) = match action {
-            Action::Done => unreachable!("a request is served once"),
             Action::Answer(resp) => {
                 let complete = matches!(left, Left::Done);
                 to.close |= !complete;
