@@ -353,11 +353,7 @@ fn print_tour(server: &Server, config: &Config) {
     let base = format!("http://{addr}");
     let _ = writeln!(out, "\nSwitchyard demo is running. Try:\n");
     for r in config.routes.iter().take(4) {
-        let path = match &r.path {
-            PathMatch::Prefix(p) if p == "/" => "/".to_string(),
-            PathMatch::Prefix(p) => format!("{p}/1"),
-            PathMatch::Pattern(p) => p.replace("{p0}", "1"),
-        };
+        let path = sample_path(r);
         let _ = writeln!(
             out,
             "  curl -si {base}{path}          # route {} -> pool {}",
@@ -381,11 +377,27 @@ fn print_tour(server: &Server, config: &Config) {
     if let Some(a) = server.admin_addr() {
         let _ = writeln!(out, "  curl -s http://{a}/ready                 # admin");
     }
+    if let Some(r) = config.routes.first() {
+        let path = sample_path(r);
+        let _ = writeln!(
+            out,
+            "  switchyard explain GET {base}{path}   # which route and pool, and why"
+        );
+    }
     let _ = writeln!(
         out,
         "\nRepeat a request to watch round robin move between backends (x-backend header)."
     );
     let _ = writeln!(out, "Ctrl-C stops it.\n");
+}
+
+/// A path the route takes, for the tour.
+fn sample_path(r: &config::Route) -> String {
+    match &r.path {
+        PathMatch::Prefix(p) if p == "/" => "/".to_string(),
+        PathMatch::Prefix(p) => format!("{p}/1"),
+        PathMatch::Pattern(p) => p.replace("{p0}", "1"),
+    }
 }
 
 fn echo(listen: SocketAddr, name: String) -> anyhow::Result<()> {

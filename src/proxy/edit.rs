@@ -149,6 +149,7 @@ pub struct To<'a> {
     pub length: Option<u64>,
     /// The backend may be asked to upgrade (HTTP/1.1 backends only).
     pub upgrade: bool,
+    // TODO(#10): the sticky and split cookies to strip from `Cookie`.
 }
 
 /// The edits of one request on its way to the backend.
