@@ -62,14 +62,7 @@ fuzz_target!(|data: &[u8]| {
         upgrade: !h.has_body(),
     });
     let mut up = Vec::new();
-    up.extend_from_slice(h.method.as_str().as_bytes());
-    up.push(b' ');
-    up.extend_from_slice(d.path.as_bytes());
-    if let Some(q) = d.query {
-        up.push(b'?');
-        up.extend_from_slice(q.as_bytes());
-    }
-    up.extend_from_slice(b" HTTP/1.1\r\n");
+    d.request_line(&h.method, &mut up);
     edits.write(|| h.fields(), Some(&data[..h.len]), &mut up);
 
     let mut back = [httparse::EMPTY_HEADER; 256];

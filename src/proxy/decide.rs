@@ -128,10 +128,18 @@ pub struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    /// Whether the path changed in normalization, so the backend's target must be written
-    /// afresh rather than copied.
-    pub fn path_changed(&self) -> bool {
-        matches!(self.path, Cow::Owned(_))
+    /// Write the request line for an HTTP/1.1 backend into `out` (cleared first): the
+    /// method, the normalized path with the query as sent, HTTP/1.1.
+    pub fn request_line(&self, method: &Method, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.path.as_bytes());
+        if let Some(q) = self.query {
+            out.push(b'?');
+            out.extend_from_slice(q.as_bytes());
+        }
+        out.extend_from_slice(b" HTTP/1.1\r\n");
     }
 }
 

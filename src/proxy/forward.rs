@@ -157,20 +157,13 @@ pub async fn forward(
                 method,
                 upgrade,
             } => {
-                let (mut conn, reused) = match state
-                    .endpoint
-                    .h1(backend.addr, &backend.server_name, &pool.connector)
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        attempts.connect_failed(i, e)?;
-                        continue;
-                    }
+                let connect =
+                    state
+                        .endpoint
+                        .h1(backend.addr, &backend.server_name, &pool.connector);
+                let Some((mut conn, reused)) = attempts.connect(i, connect).await? else {
+                    continue;
                 };
-                if !reused {
-                    state.passive.connected();
-                }
                 let replayable = body.is_none() && is_idempotent(method);
                 let x = Exchange {
                     head,
@@ -192,20 +185,13 @@ pub async fn forward(
                 }
             }
             Outbound::H2 { req, replay } => {
-                let (mut sender, reused) = match state
-                    .endpoint
-                    .h2(backend.addr, &backend.server_name, &pool.connector)
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        attempts.connect_failed(i, e)?;
-                        continue;
-                    }
+                let connect =
+                    state
+                        .endpoint
+                        .h2(backend.addr, &backend.server_name, &pool.connector);
+                let Some((mut sender, reused)) = attempts.connect(i, connect).await? else {
+                    continue;
                 };
-                if !reused {
-                    state.passive.connected();
-                }
                 let mut r = match (req.take(), &replay) {
                     (Some(r), _) => *r,
                     (None, Some(replay)) => replay.request(),
@@ -335,6 +321,24 @@ impl<'p> Attempts<'p> {
                         pool: pool.name.clone(),
                     }))
             }
+        }
+    }
+
+    /// The connection `connect` makes to backend `i`, and whether it was pooled; `None`
+    /// when it failed and the next backend is to be tried (passive health hears both).
+    async fn connect<C>(
+        &mut self,
+        i: usize,
+        connect: impl Future<Output = Result<(C, bool), ConnectError>>,
+    ) -> Result<Option<(C, bool)>, ProxyError> {
+        match connect.await {
+            Ok((c, reused)) => {
+                if !reused {
+                    self.pool.backends[i].state.passive.connected();
+                }
+                Ok(Some((c, reused)))
+            }
+            Err(e) => self.connect_failed(i, e).map(|()| None),
         }
     }
 

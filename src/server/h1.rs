@@ -293,15 +293,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                     Action::H2(fwd, Box::new(req))
                 } else {
                     let up = &mut self.b.up;
-                    up.clear();
-                    up.extend_from_slice(h.method.as_str().as_bytes());
-                    up.push(b' ');
-                    up.extend_from_slice(d.path.as_bytes());
-                    if let Some(q) = d.query {
-                        up.push(b'?');
-                        up.extend_from_slice(q.as_bytes());
-                    }
-                    up.extend_from_slice(b" HTTP/1.1\r\n");
+                    d.request_line(&h.method, up);
                     edits.write(|| h.fields(), Some(&self.b.read[..h.len]), up);
                     up.extend_from_slice(&self.b.read[h.len..h.len + whole]);
                     Action::H1(fwd)

@@ -130,14 +130,7 @@ async fn try_serve(
         forward::forward(pool, d.backend, out, wait, record).await?
     } else {
         let mut up = Vec::with_capacity(512);
-        up.extend_from_slice(parts.method.as_str().as_bytes());
-        up.push(b' ');
-        up.extend_from_slice(d.path.as_bytes());
-        if let Some(q) = d.query {
-            up.push(b'?');
-            up.extend_from_slice(q.as_bytes());
-        }
-        up.extend_from_slice(b" HTTP/1.1\r\n");
+        d.request_line(&parts.method, &mut up);
         edits.write(|| map_fields(&parts.headers), None, &mut up);
         let out = Outbound::H1 {
             head: &up,

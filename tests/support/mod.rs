@@ -56,41 +56,7 @@ impl Proxy {
     /// Start the proxy on `yaml`, with `{NAME}` replaced by the matching address. The first
     /// listener and the admin bind to 127.0.0.1:0 when written as `{listen}` / `{admin}`.
     pub async fn start(yaml: &str, addrs: &[(&str, SocketAddr)]) -> Proxy {
-        let mut text = yaml
-            .replace("{listen}", "127.0.0.1:0")
-            .replace("{listen2}", "127.0.0.1:0")
-            .replace("{admin}", "127.0.0.1:0");
-        for (name, addr) in addrs {
-            text = text.replace(&format!("{{{name}}}"), &addr.to_string());
-        }
-        let loaded = switchyard::config::parse(Path::new("test.yaml"), &text)
-            .unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{text}"));
-        let names: Vec<_> = loaded
-            .config
-            .listeners
-            .iter()
-            .map(|l| l.name.clone())
-            .collect();
-        let server = Server::bind(loaded.config).await.expect("bind");
-        let addr = server.listener_addr(&names[0]).expect("listener bound");
-        let addrs = names
-            .iter()
-            .map(|n| (n.to_string(), server.listener_addr(n).expect("bound")))
-            .collect();
-        let admin = server.admin_addr();
-        let shared = server.shared();
-        let (tx, rx) = oneshot::channel();
-        let done = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        Proxy {
-            addr,
-            addrs,
-            admin,
-            shared,
-            stop: Some(tx),
-            done: Some(done),
-        }
+        Proxy::start_workers(yaml, addrs, 1).await
     }
 
     /// `http://ADDR{path}`
@@ -455,10 +421,7 @@ pub async fn raw(addr: SocketAddr, raw: &[u8], limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-// ---------------------------------------------------------------------------------------
-// Added for the framing, timeout, upgrade and edit tests (tests/framing.rs, timeouts.rs,
-// upgrade.rs, upstream_framing.rs, edits.rs). The helpers above are unchanged.
-// ---------------------------------------------------------------------------------------
+// === Exact-bytes clients and backends for framing, timeouts, upgrades and edits ===
 
 impl Proxy {
     /// As [`Proxy::start`], with `workers` workers (`Server::bind_workers`): worker 0 on the
