@@ -244,6 +244,36 @@ async fn forwarded_fields_request_ids_and_hop_by_hop_fields() {
             .await;
         assert_eq!(seen(&mine.json(), "x-request-id"), ["client-id-7"]);
         assert_eq!(mine.header("x-request-id"), "client-id-7");
+
+        // An empty id is no id: both sides see the same fresh one.
+        let empty = m.send(&Req::get("/app/h").header("X-Request-Id", "")).await;
+        let ids = seen(&empty.json(), "x-request-id");
+        assert!(
+            ids.len() == 1 && is_fresh_id(&ids[0]),
+            "x-request-id {ids:?}"
+        );
+        assert_eq!(empty.header("x-request-id"), ids[0]);
+
+        // Fields the client names in `Connection` go before the proxy adds its own: a
+        // named X-Forwarded-For cannot pass, a named X-Request-Id is replaced.
+        if shape != Shape::H2Tls {
+            let named = m
+                .send(
+                    &Req::get("/app/h")
+                        .header("Connection", "x-forwarded-for, X-Request-Id")
+                        .header("X-Forwarded-For", "6.6.6.6")
+                        .header("X-Request-Id", "abc"),
+                )
+                .await;
+            let j = named.json();
+            assert_eq!(seen(&j, "x-forwarded-for"), ["127.0.0.1"]);
+            let ids = seen(&j, "x-request-id");
+            assert!(
+                ids.len() == 1 && is_fresh_id(&ids[0]),
+                "x-request-id {ids:?}"
+            );
+            assert_eq!(named.header("x-request-id"), ids[0]);
+        }
     })
     .await;
 }
