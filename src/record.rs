@@ -9,6 +9,7 @@
 //! log is on, which also wants the request's text (host, target, referer, user agent).
 
 use crate::proxy::ConnInfo;
+use crate::proxy::decide::Forward;
 use crate::snapshot::Snapshot;
 use http::{HeaderValue, Method, Version};
 use std::sync::Arc;
@@ -112,14 +113,20 @@ impl Record {
         }
     }
 
+    /// Note where `d` (decided on `snap`) sends the request, and its id: the client's
+    /// usable one, or a new one.
+    pub fn decided(&mut self, snap: &Arc<Snapshot>, d: &Forward<'_>, client_id: Option<&[u8]>) {
+        self.snap = Some(snap.clone());
+        self.route = Some(d.route);
+        self.pool = Some(d.pool);
+        self.backend = Some(d.backend);
+        self.fail_open = d.fail_open;
+        self.id = RequestId::of(client_id);
+    }
+
     /// Whether [`Record::text`] is wanted.
     pub fn wants_text(&self) -> bool {
         self.conn.log.enabled()
-    }
-
-    /// Set the request id.
-    pub fn set_id(&mut self, id: RequestId) {
-        self.id = id;
     }
 
     /// The request id, made now if none was set.

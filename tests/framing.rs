@@ -43,20 +43,6 @@ async fn answered_then_closed(
     Ok(())
 }
 
-/// Panic listing every case that failed.
-fn all_ok(results: Vec<(String, Result<(), String>)>) {
-    let failed: Vec<String> = results
-        .into_iter()
-        .filter_map(|(case, r)| r.err().map(|e| format!("{case}: {e}")))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
-}
-
 #[tokio::test]
 async fn a_long_header_before_content_length_and_transfer_encoding_is_still_400_and_closes() {
     let b = BodyBackend::start().await;

@@ -3,13 +3,15 @@
 //! HTTP/1.0, HTTP/2 over TLS, a TLS pool, an h2c pool) and reports every failing shape.
 mod support;
 
+use bytes::Bytes;
 use http::Response;
+use http_body::Frame;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::full;
 use support::matrix::*;
+use support::{BoxError, full};
 
 fn fnv(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -374,6 +376,49 @@ async fn a_slow_backend_is_504() {
         let got = m.send(&Req::post("/app/slow", b"body".to_vec())).await;
         assert_error(&got, 504);
         assert_eq!(m.backends[0].hits(), 1, "a response timeout is not retried");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_that_stalls_mid_body_is_cut_at_the_read_timeout() {
+    every_shape(|shape| async move {
+        // The backend sends ten bytes of a hundred, then nothing (for a bounded while: the
+        // stall is the behaviour under test).
+        let stalling = Kind::serve(|req| {
+            Box::pin(async move {
+                let _ = req.into_body().collect().await;
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    drop(tx);
+                });
+                let body = http_body_util::StreamBody::new(futures_util::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+                ));
+                Response::builder()
+                    .header("content-length", "100")
+                    .body(body.boxed())
+                    .expect("a response")
+            })
+        });
+        let m = Matrix::start(
+            shape,
+            Spec::new(vec![stalling]).pool("timeouts: {read: 300ms}"),
+        )
+        .await;
+        let (took, whole) = m
+            .send_until_end(&Req::get("/app/stall"), Duration::from_secs(4))
+            .await;
+        assert!(!whole, "a stalled response ended whole");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "cut after {took:?}"
+        );
     })
     .await;
 }

@@ -28,7 +28,7 @@ use crate::proxy::decide::{self, Decision};
 use crate::proxy::edit::{self, Scan, To as EditTo};
 use crate::proxy::forward::{self, Clocked, Inbound, Outbound};
 use crate::proxy::{self, ConnInfo, Proxy};
-use crate::record::{Record, RequestId, Text};
+use crate::record::{Record, Text};
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, Recv};
 use body::{ClientBody, Left};
@@ -256,18 +256,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                 Action::Answer(Box::new(proxy::redirect(location, &mut record)))
             }
             Ok(Decision::Forward(d)) => {
-                record.snap = Some(snap.clone());
-                record.route = Some(d.route);
-                record.pool = Some(d.pool);
-                record.backend = Some(d.backend);
-                record.fail_open = d.fail_open;
-                record.set_id(RequestId::of(scan.client_id));
+                record.decided(&snap, &d, scan.client_id);
                 let pool = &snap.pools[d.pool];
                 let h2 = pool.connector.h2;
                 let chunked = matches!(h.framing, Framing::Chunked);
-                let given = record.id_is_given();
-                record.id();
-                let id = (!given).then(|| record.id_bytes());
+                let id = (!record.id_is_given()).then(|| record.id_bytes());
                 let edits = scan.edits(EditTo {
                     client_ip: self.info.client_ip.as_bytes(),
                     tls: self.info.tls.is_some(),

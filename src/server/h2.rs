@@ -10,7 +10,7 @@ use crate::proxy::decide::{self, Decision, Target, View};
 use crate::proxy::edit::{Scan, To, map_fields};
 use crate::proxy::forward::{self, Outbound, Timer};
 use crate::proxy::{self, ConnInfo, Proxy};
-use crate::record::{Record, RequestId, Text};
+use crate::record::{Record, Text};
 use http::header::{CONTENT_LENGTH, HOST, REFERER, USER_AGENT};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
@@ -90,17 +90,12 @@ async fn try_serve(
         Decision::Forward(d) => d,
     };
     let scan = Scan::request(map_fields(&parts.headers));
-    record.snap = Some(snap.clone());
-    record.route = Some(d.route);
-    record.pool = Some(d.pool);
-    record.backend = Some(d.backend);
-    record.fail_open = d.fail_open;
-    record.set_id(RequestId::of(scan.client_id));
+    record.decided(&snap, &d, scan.client_id);
     let pool = &snap.pools[d.pool];
     let mut stream = Stream::new(body, d.body_limit, limits.client_body_timeout);
     let has_body = !stream.is_empty();
     let chunked = has_body && parts.content_length().is_none();
-    let id = (!record.id_is_given()).then(|| record.id().to_vec());
+    let id = (!record.id_is_given()).then(|| record.id_bytes().to_vec());
     let edits = scan.edits(To {
         client_ip: info.client_ip.as_bytes(),
         tls: info.tls.is_some(),

@@ -28,11 +28,8 @@ use super::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -43,7 +40,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard::access_log::AccessLog;
 use switchyard::server::Server;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// The Host every request carries (and the TLS client's SNI).
@@ -634,6 +630,61 @@ impl Matrix {
         (super::collect(resp).await, client)
     }
 
+    /// Send `req` and wait, at most `limit`, for its response to end, whole or cut: how
+    /// long that took from the request, and whether the response was whole.
+    pub async fn send_until_end(&self, req: &Req, limit: Duration) -> (Duration, bool) {
+        let shape = self.shape;
+        let start = std::time::Instant::now();
+        let whole = if shape == Shape::H2Tls {
+            let tls = connect(self.listen_addr(), HOST, self.ca.client(&[b"h2"])).await;
+            let mut h2 = h2_over(tls).await;
+            let request = Request::builder()
+                .method(req.method_for(shape).as_str())
+                .uri(format!("https://{}{}", req.host(), req.path))
+                .body(full(
+                    req.body_for(shape).map(<[u8]>::to_vec).unwrap_or_default(),
+                ))
+                .expect("a request");
+            let ended = async {
+                match h2.send_request(request).await {
+                    Ok(resp) => http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            };
+            tokio::time::timeout(limit, ended)
+                .await
+                .unwrap_or_else(|_| panic!("{}: still streaming after {limit:?}", shape.name()))
+        } else {
+            let version = if shape == Shape::Http10 { "1.0" } else { "1.1" };
+            let mut c = RawConn::open(self.listen_addr()).await;
+            assert!(
+                c.write(&req.raw(shape, version)).await,
+                "{}: refused",
+                shape.name()
+            );
+            let head_request = req.method_for(shape) == "HEAD";
+            let read = async {
+                use tokio::io::AsyncReadExt;
+                let mut chunk = [0u8; 16384];
+                loop {
+                    if parse_response(&c.buf, head_request).is_some() {
+                        return true;
+                    }
+                    match c.stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            };
+            tokio::time::timeout(limit, read)
+                .await
+                .unwrap_or_else(|_| panic!("{}: still streaming after {limit:?}", shape.name()))
+        };
+        (start.elapsed(), whole)
+    }
+
     /// The access log's next whole line (after the last one returned), as JSON, waiting
     /// for it with [`eventually`].
     pub async fn next_log(&self) -> serde_json::Value {
@@ -671,43 +722,9 @@ fn tls_acceptor(ca: &Ca, dir: &Path) -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
-/// [`Backend::serve`] over TLS: the same counting, hyper's auto builder after the handshake.
+/// [`Backend::serve`] over TLS.
 async fn serve_tls(acceptor: tokio_rustls::TlsAcceptor, handler: Handler) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
-    let addr = listener.local_addr().unwrap();
-    let conns = Arc::new(AtomicUsize::new(0));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (c, h) = (conns.clone(), hits.clone());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            c.fetch_add(1, Ordering::SeqCst);
-            let (handler, h, acceptor) = (handler.clone(), h.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = service_fn(move |req| {
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    Backend {
-        addr,
-        conns,
-        hits,
-        task,
-    }
+    Backend::serve_over(handler, Some(acceptor)).await
 }
 
 /// Run `test` for every shape in turn, each in a task of its own bounded by

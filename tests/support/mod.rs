@@ -120,13 +120,19 @@ impl Backend {
             + Sync
             + 'static,
     {
+        Backend::serve_over(Arc::new(f), None).await
+    }
+
+    /// A backend answering with `handler`, over TLS with `tls` (after the handshake the
+    /// same as plain): hyper's auto builder, h1 or h2c/h2, every connection and request
+    /// counted.
+    pub async fn serve_over(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
         let hits = Arc::new(AtomicUsize::new(0));
-        let handler: Handler = Arc::new(f);
         let (c, h) = (conns.clone(), hits.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -134,17 +140,16 @@ impl Backend {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let handler = handler.clone();
-                let h = h.clone();
+                let (handler, h, tls) = (handler.clone(), h.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        let fut = handler(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                        .await;
+                    match tls {
+                        None => serve_conn(tcp, handler, h).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                serve_conn(stream, handler, h).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -179,6 +184,35 @@ impl Backend {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+}
+
+/// Panic listing every case (name, outcome) that failed, all of them at once.
+pub fn all_ok(results: Vec<(String, Result<(), String>)>) {
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|(case, r)| r.err().map(|e| format!("{case}: {e}")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+/// Serve one backend connection with `handler`, counting requests in `hits`.
+async fn serve_conn<T>(io: T, handler: Handler, hits: Arc<AtomicUsize>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let fut = handler(req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
 }
 
 /// A backend speaking raw bytes: for each request head it reads, it writes what `script`
