@@ -269,7 +269,7 @@ fn summary(path: &Path, c: &Config) -> String {
         }
         s += &format!(
             "  {:<12} host {host} {path}{cond} -> {}\n",
-            r.name, c.pools[r.pool].name
+            r.name, c.destination(r)
         );
     }
     s
@@ -357,7 +357,7 @@ fn print_tour(server: &Server, config: &Config) {
         let _ = writeln!(
             out,
             "  curl -si {base}{path}          # route {} -> pool {}",
-            r.name, config.pools[r.pool].name
+            r.name, config.destination(r)
         );
     }
     let _ = writeln!(

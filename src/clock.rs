@@ -55,6 +55,11 @@ fn ms(at: Instant) -> u64 {
     t
 }
 
+/// Microseconds from the process start to `at`: for latencies finer than a millisecond.
+pub fn micros(at: Instant) -> u64 {
+    at.saturating_duration_since(start()).as_micros() as u64
+}
+
 /// The instant `ms` milliseconds after the process started.
 pub fn instant_at(ms: u64) -> Instant {
     start() + Duration::from_millis(ms)

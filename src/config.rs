@@ -29,8 +29,25 @@ pub struct Config {
     /// Runtime worker threads; `None` means one per core.
     pub workers: Option<usize>,
     pub limits: Limits,
+    /// The keys of `sticky_secret_env`, if set: the first signs, all verify.
+    pub sticky_secret: Option<Secret>,
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
+}
+
+/// Key material from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// The variable it came from.
+    pub env: String,
+    /// In order, none empty.
+    pub keys: Vec<Arc<[u8]>>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({}: {} keys)", self.env, self.keys.len())
+    }
 }
 
 /// One downstream listener.
@@ -44,6 +61,8 @@ pub struct Listener {
     pub tls: Option<Arc<crate::tls::Certs>>,
     /// TLS session tickets and cache (default on); off makes every handshake a full one.
     pub session_resumption: bool,
+    /// Peers whose `X-Forwarded-For` is believed; empty: none, and the list is appended to.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// Access log line format.
@@ -89,6 +108,9 @@ impl Default for Limits {
 pub struct Pool {
     pub name: Arc<str>,
     pub balance: Balance,
+    /// The cookie (`cookie_hash`) or lower-case header name (`header_hash`) hashed.
+    pub hash_key: Option<String>,
+    pub sticky: Option<Sticky>,
     pub timeouts: Timeouts,
     pub retries: u32,
     pub when_all_down: WhenAllDown,
@@ -96,6 +118,16 @@ pub struct Pool {
     /// Connect to backends with TLS.
     pub tls: Option<UpstreamTls>,
     pub backends: Vec<Backend>,
+}
+
+/// A pool's proxy-inserted sticky-session cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    /// Tokens older than this count as absent, and the cookie gets `Max-Age`.
+    pub max_age: Option<Duration>,
+    /// `Cache-Control: private` on responses that set the cookie.
+    pub nocache: bool,
 }
 
 /// The HTTP version spoken to a pool's backends.
@@ -135,6 +167,14 @@ pub enum Balance {
     RoundRobin,
     LeastConnections,
     Random,
+    /// Power of two choices on a latency EWMA weighted by in-flight requests.
+    P2cEwma,
+    /// Consistent hash of the client address.
+    IpHash,
+    /// Consistent hash of the cookie `hash_key`.
+    CookieHash,
+    /// Consistent hash of the header `hash_key`.
+    HeaderHash,
 }
 
 impl Balance {
@@ -144,6 +184,10 @@ impl Balance {
             Balance::RoundRobin => "round_robin",
             Balance::LeastConnections => "least_connections",
             Balance::Random => "random",
+            Balance::P2cEwma => "p2c_ewma",
+            Balance::IpHash => "ip_hash",
+            Balance::CookieHash => "cookie_hash",
+            Balance::HeaderHash => "header_hash",
         }
     }
 }
@@ -188,9 +232,52 @@ pub struct Route {
     pub methods: Vec<Method>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub cookies: Vec<(String, String)>,
-    /// Index into [`Config::pools`].
-    pub pool: usize,
+    /// Where the route's requests go.
+    pub to: RouteTo,
     pub max_request_body_bytes: Option<u64>,
+}
+
+/// A route's destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTo {
+    /// Index into [`Config::pools`].
+    Pool(usize),
+    Split(Split),
+}
+
+impl RouteTo {
+    /// The pools it may send to, as indices into [`Config::pools`].
+    pub fn pools(&self) -> impl Iterator<Item = usize> + '_ {
+        let (one, split) = match self {
+            RouteTo::Pool(p) => (Some(*p), None),
+            RouteTo::Split(s) => (None, Some(s)),
+        };
+        one.into_iter()
+            .chain(split.into_iter().flat_map(|s| s.pools.iter().map(|&(p, _)| p)))
+    }
+}
+
+impl Config {
+    /// Where route `r` sends requests, for people: `pool` or `a 90 / b 10`.
+    pub fn destination(&self, r: &Route) -> String {
+        match &r.to {
+            RouteTo::Pool(p) => self.pools[*p].name.to_string(),
+            RouteTo::Split(s) => s
+                .pools
+                .iter()
+                .map(|&(p, w)| format!("{} {w}", self.pools[p].name))
+                .collect::<Vec<_>>()
+                .join(" / "),
+        }
+    }
+}
+
+/// A weighted choice of pool, kept per user by a cookie naming the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub cookie: String,
+    /// (index into [`Config::pools`], weight > 0); at least two, each pool once.
+    pub pools: Vec<(usize, u32)>,
 }
 
 /// The host condition of a route.

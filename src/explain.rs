@@ -6,8 +6,9 @@
 //! field) and arrives on the config's first plain listener for `http://`, its first TLS
 //! listener for `https://` (with the URL's host as SNI, so the 421 guard applies).
 
-use crate::config::{Config, HostMatch, PathMatch};
+use crate::config::{Config, HostMatch, PathMatch, RouteTo};
 use crate::error::ProxyError;
+use crate::proxy::choose::StickyResult;
 use crate::proxy::decide::{self, Decision, Target};
 use crate::proxy::{ConnInfo, TlsInfo};
 use crate::router::{Failed, Trace};
@@ -45,13 +46,31 @@ pub struct Explanation {
     pub route: Option<String>,
     pub pool: Option<String>,
     pub balance: Option<String>,
-    // TODO(#10): the split's pools and weights, and the cookie that forces one.
-    pub split: Option<()>,
+    /// The route's split, when it has one.
+    pub split: Option<SplitShown>,
+    /// What the pool's sticky cookie decided: `hit`, `new`, `reassigned`, `invalid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
     /// The backend, when the request alone decides it (a hash key, a sticky token).
-    // TODO(#10): filled once hash balancing and stickiness exist.
     pub backend: Option<String>,
     pub listener: String,
     pub candidates: Vec<Candidate>,
+}
+
+/// A split: its cookie, its pools and weights, and the pool the cookie forces.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SplitShown {
+    pub cookie: String,
+    pub pools: Vec<SplitPool>,
+    /// `None`: drawn by weight.
+    pub forced: Option<String>,
+}
+
+/// One pool of a split.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SplitPool {
+    pub pool: String,
+    pub weight: u32,
 }
 
 /// A route whose path matched, in the order tried.
@@ -115,6 +134,7 @@ pub fn explain(config: Config, ask: &Ask) -> Result<Explanation, AskError> {
         clock: Arc::default(),
         client_ip: HeaderValue::from_str(&ask.client.to_string())
             .expect("an IP address is a valid header value"),
+        forwarded: crate::proxy::Forwarded::of(ask.client, &listener.trusted_proxies),
         log: crate::access_log::AccessLog::start(crate::config::AccessLogFormat::Off),
     };
     let mut trace = Candidates {
@@ -133,16 +153,45 @@ pub fn explain(config: Config, ask: &Ask) -> Result<Explanation, AskError> {
         pool: None,
         balance: None,
         split: None,
+        sticky: None,
         backend: None,
         listener: listener.name.to_string(),
         candidates: std::mem::take(&mut trace.list),
     };
     match decided {
         Ok(Decision::Forward(d)) => {
-            let pool = &snap.config.pools[d.pool];
-            e.route = Some(snap.config.routes[d.route].name.to_string());
+            let c = d.choice;
+            let pool = &snap.pools[c.pool];
+            let route = &snap.config.routes[d.route];
+            e.route = Some(route.name.to_string());
+            if let RouteTo::Split(s) = &route.to {
+                let by_cookie = c.split.is_some_and(|s| s.by_cookie);
+                e.split = Some(SplitShown {
+                    cookie: s.cookie.clone(),
+                    pools: s
+                        .pools
+                        .iter()
+                        .map(|&(p, weight)| SplitPool {
+                            pool: snap.pools[p].name.to_string(),
+                            weight,
+                        })
+                        .collect(),
+                    forced: by_cookie.then(|| pool.name.to_string()),
+                });
+                if !by_cookie {
+                    // Drawn by weight: no one pool is the answer.
+                    return Ok(e);
+                }
+            }
             e.pool = Some(pool.name.to_string());
             e.balance = Some(pool.balance.as_str().to_string());
+            e.sticky = c.sticky.map(|s| s.result.as_str().to_string());
+            let hit = c.sticky.filter(|s| s.result == StickyResult::Hit);
+            let decided = match hit {
+                Some(_) => Some(c.backend),
+                None => c.key.and_then(|k| pool.owner(k)),
+            };
+            e.backend = decided.map(|b| pool.backends[b].label.to_string());
         }
         Ok(Decision::Redirect(location)) => {
             e.status = Some(308);
@@ -292,8 +341,30 @@ pub fn text(e: &Explanation) -> String {
         }
         (None, Some(route)) => {
             s += &format!("route:      {route}\n");
+            if let Some(split) = &e.split {
+                let pools: Vec<String> = split
+                    .pools
+                    .iter()
+                    .map(|p| format!("{} {}", p.pool, p.weight))
+                    .collect();
+                s += &format!(
+                    "split:      cookie {}, {}; {}\n",
+                    split.cookie,
+                    pools.join(" / "),
+                    match &split.forced {
+                        Some(p) => format!("the cookie forces {p}"),
+                        None => "drawn by weight".to_string(),
+                    }
+                );
+                if e.pool.is_none() {
+                    return s;
+                }
+            }
             s += &format!("pool:       {}\n", e.pool.as_deref().unwrap_or("-"));
             s += &format!("balance:    {}\n", e.balance.as_deref().unwrap_or("-"));
+            if let Some(st) = &e.sticky {
+                s += &format!("sticky:     {st}\n");
+            }
             s += &format!(
                 "backend:    {}\n",
                 e.backend

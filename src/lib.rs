@@ -5,7 +5,8 @@
 //! 1. A wire path reads it: [`server::h1`] (the lane: HTTP/1.0 and 1.1 on their bytes,
 //!    bodies and upgrades included) or [`server::h2`] (hyper's HTTP/2 server).
 //! 2. [`proxy::decide`] decides it once: host, TLS guard, redirect, route (via [`router`]),
-//!    limits, pool and first backend (via [`pool`] and [`balance`]). 4xx and 503 start here.
+//!    limits, pool (a split's variant) and first backend (via [`proxy::choose`]: the
+//!    [`sticky`] token, else [`pool`] and [`balance`]). 4xx and 503 start here.
 //! 3. [`proxy::edit`] edits its fields, described as data and applied to bytes or to a
 //!    header map; the response's edits likewise.
 //! 4. [`proxy::forward`] sends it with the one retry policy, over [`upstream::h1`] (every
@@ -48,6 +49,7 @@ pub mod record;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod sticky;
 pub mod tls;
 pub mod upstream;
 pub mod wire;

@@ -5,9 +5,10 @@
 //! takes over for every (pool, address) that stays, so a reload loses neither counts nor
 //! warm connections.
 
-use crate::balance::Balancer;
-use crate::config::{self, Protocol, Timeouts, UpstreamTls, WhenAllDown};
+use crate::balance::{Balancer, Ewma};
+use crate::config::{self, Balance, Protocol, Timeouts, UpstreamTls, WhenAllDown};
 use crate::health::Passive;
+use crate::sticky::Sticky;
 use crate::upstream::{Connector, Endpoint};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
@@ -18,7 +19,12 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 pub struct Pool {
     pub name: Arc<str>,
     pub backends: Vec<Arc<Backend>>,
+    pub balance: Balance,
     balancer: Balancer,
+    /// The cookie or lower-case header name a hash balancer hashes.
+    pub hash_key: Option<Box<str>>,
+    /// The sticky cookie, when the pool has one.
+    pub sticky: Option<Sticky>,
     pub timeouts: Timeouts,
     pub retries: u32,
     pub when_all_down: WhenAllDown,
@@ -46,6 +52,8 @@ pub struct BackendState {
     in_flight: AtomicU32,
     pub passive: Passive,
     pub endpoint: Endpoint,
+    /// Response latency, for `p2c_ewma`.
+    pub latency: Ewma,
 }
 
 /// Holds one in-flight request on a backend; dropping it (even on cancel) releases it.
@@ -99,8 +107,13 @@ impl Backend {
     }
 
     /// May take new requests: not draining and not ejected.
-    fn available(&self) -> bool {
+    pub fn available(&self) -> bool {
         !self.drain && self.state.passive.available()
+    }
+
+    /// May keep its sticky users: not ejected (draining is fine).
+    pub fn up(&self) -> bool {
+        self.state.passive.available()
     }
 }
 
@@ -145,8 +158,13 @@ pub enum Pick {
 }
 
 impl Pool {
-    /// Compile `cfg`, reusing backend state from the previous snapshot's `prev`.
-    pub fn compile(cfg: &config::Pool, prev: Option<&Pool>) -> Pool {
+    /// Compile `cfg`, reusing backend state from the previous snapshot's `prev`; `secret`
+    /// keys the sticky cookie.
+    pub fn compile(
+        cfg: &config::Pool,
+        prev: Option<&Pool>,
+        secret: Option<&config::Secret>,
+    ) -> Pool {
         // Pooled connections only carry over while they are still the right kind.
         let prev = prev.filter(|p| p.protocol == cfg.protocol && p.tls == cfg.tls);
         let sni = cfg.tls.as_ref().and_then(|t| t.sni.as_deref());
@@ -172,9 +190,15 @@ impl Pool {
                 .map(|t| crate::tls::client_config(t.ca.as_ref().map(|c| c.certs.as_slice()), h2)),
             timeout: cfg.timeouts.connect,
         };
+        let sticky = cfg.sticky.as_ref().map(|st| {
+            Sticky::new(st, &cfg.name, backends.iter().map(|b| &*b.label), secret)
+        });
         Pool {
             name: cfg.name.clone(),
+            balance: cfg.balance,
             balancer: Balancer::new(cfg.balance, &backends),
+            hash_key: cfg.hash_key.as_deref().map(Box::from),
+            sticky,
             backends,
             timeouts: cfg.timeouts,
             retries: cfg.retries,
@@ -185,10 +209,19 @@ impl Pool {
         }
     }
 
-    /// The next backend to try, skipping those in `tried`.
-    pub fn pick(&self, tried: &Tried) -> Pick {
+    /// The backend a hash key maps to while every backend is up and idle.
+    pub fn owner(&self, key: u64) -> Option<usize> {
+        self.balancer.owner(key)
+    }
+
+    /// The next backend to try, skipping those in `tried`; `key` is the request's hash key
+    /// for a hash balancer.
+    pub fn pick(&self, tried: &Tried, key: Option<u64>) -> Pick {
         let b = &self.backends;
-        if let Some(i) = self.balancer.pick(b, |i| !tried.has(i) && b[i].available()) {
+        if let Some(i) = self
+            .balancer
+            .pick(b, key, |i| !tried.has(i) && b[i].available())
+        {
             return Pick::Healthy(i);
         }
         if b.iter().any(|x| x.available()) {
@@ -196,7 +229,7 @@ impl Pool {
         }
         match self.when_all_down {
             WhenAllDown::Reject => Pick::AllDown,
-            WhenAllDown::FailOpen => match self.balancer.pick(b, |i| !tried.has(i)) {
+            WhenAllDown::FailOpen => match self.balancer.pick(b, key, |i| !tried.has(i)) {
                 Some(i) => Pick::FailOpen(i),
                 None => Pick::Exhausted,
             },
@@ -227,6 +260,7 @@ mod tests {
                 ..pool_cfg()
             },
             None,
+            None,
         )
     }
 
@@ -244,13 +278,13 @@ mod tests {
         let p = pool(WhenAllDown::FailOpen, &[false, false, false]);
         let mut tried = Tried::default();
         for _ in 0..3 {
-            let Pick::Healthy(i) = p.pick(&tried) else {
+            let Pick::Healthy(i) = p.pick(&tried, None) else {
                 panic!()
             };
             assert!(!tried.has(i));
             tried.add(i);
         }
-        assert_eq!(p.pick(&tried), Pick::Exhausted);
+        assert_eq!(p.pick(&tried, None), Pick::Exhausted);
     }
 
     #[test]
@@ -258,7 +292,7 @@ mod tests {
         let p = pool(WhenAllDown::FailOpen, &[true, false, false]);
         eject(&p, 2);
         for _ in 0..10 {
-            assert_eq!(p.pick(&Tried::default()), Pick::Healthy(1));
+            assert_eq!(p.pick(&Tried::default(), None), Pick::Healthy(1));
         }
     }
 
@@ -270,8 +304,8 @@ mod tests {
             eject(p, 0);
             eject(p, 1);
         }
-        assert!(matches!(open.pick(&Tried::default()), Pick::FailOpen(_)));
-        assert_eq!(reject.pick(&Tried::default()), Pick::AllDown);
+        assert!(matches!(open.pick(&Tried::default(), None), Pick::FailOpen(_)));
+        assert_eq!(reject.pick(&Tried::default(), None), Pick::AllDown);
     }
 
     #[test]
@@ -289,6 +323,7 @@ mod tests {
                 ..pool_cfg()
             },
             Some(&a),
+            None,
         );
         assert_eq!(b.backends[0].state.in_flight(), 1);
         assert!(Arc::ptr_eq(&a.backends[1].state, &b.backends[0].state));
@@ -298,6 +333,8 @@ mod tests {
         config::Pool {
             name: "p".into(),
             balance: config::Balance::RoundRobin,
+            hash_key: None,
+            sticky: None,
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),
                 response: Duration::from_secs(1),

@@ -11,6 +11,7 @@
 //! paths (`server::h1`, the lane, and `server::h2`, hyper's HTTP/2 server) only move
 //! bytes and call these steps.
 
+pub mod choose;
 pub mod decide;
 pub mod edit;
 pub mod forward;
@@ -45,8 +46,41 @@ pub struct ConnInfo {
     pub clock: Arc<ConnClock>,
     /// The peer's IP, ready for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
+    /// What the peer's `X-Forwarded-For` is worth.
+    pub forwarded: Forwarded,
     /// Where finished records go.
     pub log: AccessLog,
+}
+
+/// How a connection's `X-Forwarded-For` is taken (the listener's `trusted_proxies`).
+#[derive(Debug, Clone)]
+pub enum Forwarded {
+    /// No `trusted_proxies`: the client's list is passed on, the peer appended; the peer
+    /// is the client.
+    Append,
+    /// The peer is not a trusted proxy: its list is replaced by the peer.
+    Replace,
+    /// The peer is a trusted proxy: the list is passed on, and the client is its last
+    /// entry that is not a trusted proxy.
+    Trust(Arc<[ipnet::IpNet]>),
+}
+
+impl Forwarded {
+    /// The policy for `peer` on a listener trusting `proxies`.
+    pub fn of(peer: std::net::IpAddr, proxies: &Arc<[ipnet::IpNet]>) -> Forwarded {
+        if proxies.is_empty() {
+            Forwarded::Append
+        } else if proxies.iter().any(|n| n.contains(&peer)) {
+            Forwarded::Trust(proxies.clone())
+        } else {
+            Forwarded::Replace
+        }
+    }
+
+    /// Whether the client's `X-Forwarded-For` goes on to the backend.
+    pub fn keeps_list(&self) -> bool {
+        !matches!(self, Forwarded::Replace)
+    }
 }
 
 /// What a TLS connection negotiated.
@@ -126,12 +160,13 @@ fn log_error(e: &ProxyError, record: &mut Record) {
 /// The backend's response as an `http::Response` for a writer that takes header maps
 /// (hyper's HTTP/2 server, or the lane for an HTTP/2 backend's answer), edited.
 pub fn to_map(answer: Answer, timeout: std::time::Duration, record: &mut Record) -> Response<Body> {
+    let set = choose::cookies(record);
     let id = record.id().to_vec();
     let (status, mut headers, recv) = match answer.inbound {
         Inbound::H1 { head, conn } => {
             let fields = || head_fields(&head, &conn);
-            let edits = edit::Response::scan(fields(), None, &id, head.status);
-            let mut map = http::HeaderMap::with_capacity(conn.fields().len() + 1);
+            let edits = edit::Response::scan(fields(), None, &id, head.status, &set);
+            let mut map = http::HeaderMap::with_capacity(conn.fields().len() + 4);
             for f in fields() {
                 if !edits.drops(&f, true) {
                     map.append(
@@ -150,8 +185,9 @@ pub fn to_map(answer: Answer, timeout: std::time::Duration, record: &mut Record)
         }
         Inbound::H2(resp) => {
             let (parts, body) = resp.into_parts();
-            let map = edit::Response::scan(map_fields(&parts.headers), None, &id, parts.status)
-                .apply(&parts.headers);
+            let map =
+                edit::Response::scan(map_fields(&parts.headers), None, &id, parts.status, &set)
+                    .apply(&parts.headers);
             (parts.status, map, crate::upstream::Recv::H2(body))
         }
     };

@@ -9,6 +9,7 @@
 //! log is on, which also wants the request's text (host, target, referer, user agent).
 
 use crate::proxy::ConnInfo;
+use crate::proxy::choose::{SplitChoice, StickyChoice};
 use crate::proxy::decide::Forward;
 use crate::snapshot::Snapshot;
 use http::{HeaderValue, Method, Version};
@@ -43,7 +44,11 @@ pub struct Record {
     id: RequestId,
     /// What the access log alone reads; filled only while it is on.
     pub text: Option<Box<Text>>,
-    // TODO(#10): the sticky decision and the split variant.
+    /// What the pool's sticky cookie decided (the final word once the response is
+    /// written: a retry elsewhere turns a hit into a reassignment).
+    pub sticky: Option<StickyChoice>,
+    /// How a split chose the pool.
+    pub split: Option<SplitChoice>,
 }
 
 /// The route, pool and backend of a request, by name.
@@ -110,6 +115,8 @@ impl Record {
             error: None,
             id: RequestId::None,
             text: None,
+            sticky: None,
+            split: None,
         }
     }
 
@@ -118,9 +125,11 @@ impl Record {
     pub fn decided(&mut self, snap: &Arc<Snapshot>, d: &Forward<'_>, client_id: Option<&[u8]>) {
         self.snap = Some(snap.clone());
         self.route = Some(d.route);
-        self.pool = Some(d.pool);
-        self.backend = Some(d.backend);
-        self.fail_open = d.fail_open;
+        self.pool = Some(d.choice.pool);
+        self.backend = Some(d.choice.backend);
+        self.fail_open = d.choice.fail_open;
+        self.sticky = d.choice.sticky;
+        self.split = d.choice.split;
         self.id = RequestId::of(client_id);
     }
 

@@ -498,6 +498,7 @@ impl Conn {
             clock: Arc::new(ConnClock::new(h2)),
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
+            forwarded: crate::proxy::Forwarded::of(peer.ip(), &self.listener.trusted_proxies),
             log: self.proxy.log().clone(),
         })
     }

@@ -30,7 +30,7 @@ impl Snapshot {
             .iter()
             .map(|p| {
                 let old = prev.and_then(|s| s.pools.iter().find(|o| o.name == p.name));
-                Pool::compile(p, old)
+                Pool::compile(p, old, config.sticky_secret.as_ref())
             })
             .collect();
         Snapshot {

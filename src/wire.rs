@@ -59,8 +59,10 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
 /// `HeaderName` (a hashed lookup per field, where most fields are none of these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
+    CacheControl,
     Connection,
     ContentLength,
+    Cookie,
     Date,
     Expect,
     Host,
@@ -90,10 +92,12 @@ impl Known {
             4 if is(b"host") => Known::Host,
             4 if is(b"date") => Known::Date,
             6 if is(b"expect") => Known::Expect,
+            6 if is(b"cookie") => Known::Cookie,
             7 if is(b"upgrade") => Known::Upgrade,
             10 if is(b"connection") => Known::Connection,
             10 if is(b"keep-alive") => Known::KeepAlive,
             12 if is(b"x-request-id") => Known::XRequestId,
+            13 if is(b"cache-control") => Known::CacheControl,
             14 if is(b"content-length") => Known::ContentLength,
             14 if is(b"http2-settings") => Known::Http2Settings,
             15 if is(b"x-forwarded-for") => Known::XForwardedFor,

@@ -34,6 +34,7 @@ pub struct Listener {
     pub bind: Option<String>,
     pub redirect_https: Option<u16>,
     pub tls: Option<ListenerTls>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `listeners[].tls`
@@ -138,6 +139,7 @@ pub enum Protocol {
 pub struct Sticky {
     pub cookie: String,
     pub max_age: Option<String>,
+    pub nocache: Option<bool>,
 }
 
 /// `pools.NAME.health_check`

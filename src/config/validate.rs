@@ -8,7 +8,8 @@ use super::raw;
 use super::spans::{Pos, Spans};
 use super::{
     AccessLogFormat, Backend, Balance, CaBundle, Config, ConfigError, HostMatch, Limits, Listener,
-    Loaded, PathMatch, Pool, Protocol, Route, Timeouts, UpstreamTls, WhenAllDown,
+    Loaded, PathMatch, Pool, Protocol, Route, RouteTo, Secret, Split, Sticky, Timeouts,
+    UpstreamTls, WhenAllDown,
 };
 use crate::router::path::normalize;
 use crate::tls::certs::{Certs, Which};
@@ -37,9 +38,10 @@ pub fn validate(raw: &raw::Config, file: &Path, spans: &Spans) -> Result<Loaded,
         .admin
         .as_ref()
         .and_then(|a| c.socket_addr("admin.bind", &a.bind));
-    if raw.sticky_secret_env.is_some() {
-        c.unsupported("sticky_secret_env", "sticky sessions");
-    }
+    let sticky_secret = raw
+        .sticky_secret_env
+        .as_deref()
+        .and_then(|name| c.secret(name, |n| std::env::var_os(n)));
     let access_log = match raw.access_log.unwrap_or(raw::AccessLog::Json) {
         raw::AccessLog::Json => AccessLogFormat::Json,
         raw::AccessLog::Common => AccessLogFormat::Common,
@@ -55,6 +57,18 @@ pub fn validate(raw: &raw::Config, file: &Path, spans: &Spans) -> Result<Loaded,
     }
     let pools: Vec<Pool> = raw.pools.iter().map(|(name, p)| c.pool(name, p)).collect();
     let routes = c.routes(&raw.routes, &pools);
+    if sticky_secret.is_none() {
+        for (name, p) in &raw.pools {
+            if p.sticky.is_some() {
+                c.warn(
+                    c.spans.key(&format!("pools.{name}.sticky")),
+                    format!(
+                        "pool `{name}`'s sticky tokens are signed with a key derived from its name, so anyone can forge them: set `sticky_secret_env`"
+                    ),
+                );
+            }
+        }
+    }
 
     if c.errors.is_empty() {
         Ok(Loaded {
@@ -65,6 +79,7 @@ pub fn validate(raw: &raw::Config, file: &Path, spans: &Spans) -> Result<Loaded,
                 shutdown_timeout,
                 workers: raw.workers,
                 limits,
+                sticky_secret,
                 pools,
                 routes,
             },
@@ -147,6 +162,57 @@ impl Check<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// The keys in the environment variable `name` (comma-separated; the first signs).
+    fn secret(
+        &mut self,
+        name: &str,
+        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Option<Secret> {
+        let at = self.spans.value("sticky_secret_env");
+        let Some(value) = lookup(name) else {
+            self.error(
+                at,
+                format!("`sticky_secret_env` names `{name}`, which is not set in the environment"),
+            );
+            return None;
+        };
+        let Some(value) = value.to_str() else {
+            self.error(at, format!("`{name}` is not valid UTF-8"));
+            return None;
+        };
+        let keys: Vec<Arc<[u8]>> = value
+            .split(',')
+            .map(|k| Arc::from(k.trim().as_bytes()))
+            .collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            self.error(
+                at,
+                format!("`{name}` holds an empty key: write one or more keys separated by commas"),
+            );
+            return None;
+        }
+        if keys.iter().any(|k| k.len() < 16) {
+            self.warn(
+                at,
+                format!("a key in `{name}` is shorter than 16 bytes: use 32 random bytes or more"),
+            );
+        }
+        Some(Secret {
+            env: name.to_string(),
+            keys,
+        })
+    }
+
+    /// Check a cookie name the proxy sets (an RFC 6265 token).
+    fn cookie_name(&mut self, path: &str, name: &str) {
+        if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.error(
+                self.spans.value(path),
+                format!("`{name}` is not a valid cookie name"),
+            );
         }
     }
 
@@ -270,6 +336,10 @@ impl Check<'_> {
                     "redirect_https must be a port number",
                 );
             }
+            let trusted_proxies = self.cidrs(
+                &format!("{path}.trusted_proxies"),
+                l.trusted_proxies.as_deref().unwrap_or_default(),
+            );
             if let Some(bind) = bind {
                 out.push(Listener {
                     name: name.into(),
@@ -281,7 +351,26 @@ impl Check<'_> {
                         .as_ref()
                         .and_then(|t| t.session_resumption)
                         .unwrap_or(true),
+                    trusted_proxies: trusted_proxies.into(),
                 });
+            }
+        }
+        out
+    }
+
+    /// CIDRs (`10.0.0.0/8`, `::1/128`) or single addresses.
+    fn cidrs(&mut self, path: &str, raw: &[String]) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, c) in raw.iter().enumerate() {
+            let net = c
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(n) => out.push(n.trunc()),
+                Err(_) => self.error(
+                    self.spans.value(&format!("{path}.{i}")),
+                    format!("`{c}` is not an address range, like 10.0.0.0/8 or 127.0.0.1"),
+                ),
             }
         }
         out
@@ -293,18 +382,23 @@ impl Check<'_> {
             raw::Balance::RoundRobin => Balance::RoundRobin,
             raw::Balance::LeastConnections => Balance::LeastConnections,
             raw::Balance::Random => Balance::Random,
-            other => {
-                let what = match other {
-                    raw::Balance::P2cEwma => "p2c_ewma balancing",
-                    _ => "hash balancing",
-                };
-                self.unsupported(&format!("{path}.balance"), what);
-                Balance::RoundRobin
-            }
+            raw::Balance::P2cEwma => Balance::P2cEwma,
+            raw::Balance::IpHash => Balance::IpHash,
+            raw::Balance::CookieHash => Balance::CookieHash,
+            raw::Balance::HeaderHash => Balance::HeaderHash,
         };
+        let hash_key = self.hash_key(&path, balance, p.hash_key.as_deref());
+        let sticky = p.sticky.as_ref().map(|st| {
+            self.cookie_name(&format!("{path}.sticky.cookie"), &st.cookie);
+            Sticky {
+                cookie: st.cookie.clone(),
+                max_age: st.max_age.as_deref().map(|v| {
+                    self.duration(&format!("{path}.sticky.max_age"), Some(v), Duration::ZERO)
+                }),
+                nocache: st.nocache.unwrap_or(true),
+            }
+        });
         for (key, set, what) in [
-            ("hash_key", p.hash_key.is_some(), "hash balancing"),
-            ("sticky", p.sticky.is_some(), "sticky sessions"),
             (
                 "health_check",
                 p.health_check.is_some(),
@@ -391,6 +485,8 @@ impl Check<'_> {
         Pool {
             name: name.into(),
             balance,
+            hash_key,
+            sticky,
             timeouts,
             retries: p.retries.unwrap_or(2),
             when_all_down: match p.when_all_down.unwrap_or(raw::WhenAllDown::FailOpen) {
@@ -403,6 +499,47 @@ impl Check<'_> {
             },
             tls,
             backends,
+        }
+    }
+
+    /// `hash_key`: required by, and only allowed with, `cookie_hash` and `header_hash`.
+    fn hash_key(&mut self, path: &str, balance: Balance, key: Option<&str>) -> Option<String> {
+        let needs = matches!(balance, Balance::CookieHash | Balance::HeaderHash);
+        match key {
+            None if needs => {
+                self.error(
+                    self.spans.value(&format!("{path}.balance")),
+                    format!(
+                        "`balance: {}` needs `hash_key:`, the {} to hash",
+                        balance.as_str(),
+                        if balance == Balance::CookieHash { "cookie" } else { "header" }
+                    ),
+                );
+                None
+            }
+            None => None,
+            Some(_) if !needs => {
+                self.error(
+                    self.spans.key(&format!("{path}.hash_key")),
+                    "`hash_key` only goes with `balance: cookie_hash` or `balance: header_hash`",
+                );
+                None
+            }
+            Some(k) => {
+                let kpath = format!("{path}.hash_key");
+                if balance == Balance::CookieHash {
+                    self.cookie_name(&kpath, k);
+                    Some(k.to_string())
+                } else if HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    self.error(
+                        self.spans.value(&kpath),
+                        format!("`{k}` is not a valid header name"),
+                    );
+                    None
+                } else {
+                    Some(k.to_ascii_lowercase())
+                }
+            }
         }
     }
 
@@ -530,41 +667,24 @@ impl Check<'_> {
                     String::new()
                 }
             };
-            let pool =
-                match (&r.pool, &r.split) {
-                    (Some(p), None) => {
-                        let found = pools.iter().position(|x| &*x.name == p);
-                        if found.is_none() {
-                            let known: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
-                            self.error(
-                            self.spans.value(&format!("{path}.pool")),
-                            format!(
-                                "route `{name}` names pool `{p}`, which is not defined (pools: {})",
-                                if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                            ),
-                        );
-                        }
-                        found
-                    }
-                    (None, Some(_)) => {
-                        self.unsupported(&format!("{path}.split"), "A/B splits");
-                        None
-                    }
-                    (Some(_), Some(_)) => {
-                        self.error(
-                            self.spans.key(&format!("{path}.split")),
-                            "a route has either `pool:` or `split:`, not both",
-                        );
-                        None
-                    }
-                    (None, None) => {
-                        self.error(
-                            self.spans.value(&path),
-                            format!("route `{name}` needs a `pool:`"),
-                        );
-                        None
-                    }
-                };
+            let to = match (&r.pool, &r.split) {
+                (Some(p), None) => self.pool_ref(&format!("{path}.pool"), &name, p, pools).map(RouteTo::Pool),
+                (None, Some(split)) => self.split(&format!("{path}.split"), &name, split, pools),
+                (Some(_), Some(_)) => {
+                    self.error(
+                        self.spans.key(&format!("{path}.split")),
+                        "a route has either `pool:` or `split:`, not both",
+                    );
+                    None
+                }
+                (None, None) => {
+                    self.error(
+                        self.spans.value(&path),
+                        format!("route `{name}` needs a `pool:` or a `split:`"),
+                    );
+                    None
+                }
+            };
             let max_request_body_bytes = r.limits.as_ref().and_then(|l| {
                 let lpath = format!("{path}.limits");
                 if l.max_request_header_bytes.is_some()
@@ -594,7 +714,7 @@ impl Check<'_> {
             let methods = self.methods(&format!("{mpath}.methods"), m.methods.as_deref());
             let headers = self.headers(&format!("{mpath}.headers"), &m.headers);
             let cookies = self.cookies(&format!("{mpath}.cookies"), &m.cookies);
-            if let (Some(pool), Some(host), Some(path_match)) = (pool, host, path_match) {
+            if let (Some(to), Some(host), Some(path_match)) = (to, host, path_match) {
                 out.push((
                     i,
                     Route {
@@ -604,7 +724,7 @@ impl Check<'_> {
                         methods,
                         headers,
                         cookies,
-                        pool,
+                        to,
                         max_request_body_bytes,
                     },
                 ));
@@ -619,6 +739,78 @@ impl Check<'_> {
             );
         }
         out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// The pool `p` named at `path` by route `route`, if it is defined.
+    fn pool_ref(&mut self, path: &str, route: &str, p: &str, pools: &[Pool]) -> Option<usize> {
+        let found = pools.iter().position(|x| &*x.name == p);
+        if found.is_none() {
+            let known: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+            self.error(
+                self.spans.value(path),
+                format!(
+                    "route `{route}` names pool `{p}`, which is not defined (pools: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        found
+    }
+
+    /// A route's `split:`: a valid cookie name and at least two distinct defined pools,
+    /// each with a weight above zero.
+    fn split(&mut self, path: &str, route: &str, s: &raw::Split, pools: &[Pool]) -> Option<RouteTo> {
+        self.cookie_name(&format!("{path}.cookie"), &s.cookie);
+        if s.pools.len() < 2 {
+            self.error(
+                self.spans.key(&format!("{path}.pools")),
+                "a split needs at least two pools",
+            );
+        }
+        let mut out: Vec<(usize, u32)> = Vec::new();
+        let mut ok = s.pools.len() >= 2;
+        for (i, sp) in s.pools.iter().enumerate() {
+            let ppath = format!("{path}.pools.{i}");
+            if sp.weight == 0 {
+                self.error(
+                    self.spans.value(&format!("{ppath}.weight")),
+                    "a split weight must be more than zero",
+                );
+                ok = false;
+            }
+            match self.pool_ref(&format!("{ppath}.pool"), route, &sp.pool, pools) {
+                Some(p) if out.iter().any(|&(q, _)| q == p) => {
+                    self.error(
+                        self.spans.value(&format!("{ppath}.pool")),
+                        format!("pool `{}` is already in this split", sp.pool),
+                    );
+                    ok = false;
+                }
+                Some(p) if !sp.pool.bytes().all(cookie_octet) => {
+                    self.error(
+                        self.spans.value(&format!("{ppath}.pool")),
+                        format!(
+                            "pool `{}` cannot be a cookie's value (the split cookie names the pool): use letters, digits, `-`, `_` and `.`",
+                            sp.pool
+                        ),
+                    );
+                    ok = false;
+                    let _ = p;
+                }
+                Some(p) => out.push((p, sp.weight)),
+                None => ok = false,
+            }
+        }
+        ok.then(|| {
+            RouteTo::Split(Split {
+                cookie: s.cookie.clone(),
+                pools: out,
+            })
+        })
     }
 
     /// Identical matches are errors; a route whose every request an earlier one takes is a
@@ -807,6 +999,11 @@ impl Check<'_> {
         }
         out
     }
+}
+
+/// RFC 6265 §4.1.1 `cookie-octet`: what a cookie value may hold unquoted.
+fn cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }
 
 /// True when every request that `b`'s conditions accept is also accepted by `a`'s.

@@ -7,13 +7,16 @@
 //! normalized (400); the host, from the target's authority or the one `Host` field, which
 //! must be a valid RFC 3986 host (400); the TLS name guard (421); `redirect_https` (308);
 //! the route, by the router's precedence with method, header and cookie fallback (404);
-//! a declared body over the route's limit (413); the pool and its first backend (503 when
+//! a declared body over the route's limit (413); the pool (a split's variant) and its first
+//! backend, by sticky token, hash key or balancer ([`choose`](super::choose); 503 when
 //! every backend is down and the pool rejects). Pure and synchronous but for the
 //! balancer's atomics.
 
 use super::ConnInfo;
+use super::choose::{self, Choice};
+use super::edit::Strip;
+use crate::config::RouteTo;
 use crate::error::ProxyError;
-use crate::pool::{Pick, Tried};
 use crate::router::path::{self, PathError};
 use crate::router::{Fields, Trace};
 use crate::snapshot::Snapshot;
@@ -117,17 +120,31 @@ pub struct Forward<'a> {
     pub authority: Option<&'a str>,
     /// Index of the route in the snapshot's config.
     pub route: usize,
-    /// Index of the pool in the snapshot.
-    pub pool: usize,
-    /// The first backend to try.
-    pub backend: usize,
-    /// No backend is healthy, and the pool fails open: this one is tried anyway.
-    pub fail_open: bool,
+    /// The pool and first backend.
+    pub choice: Choice,
     /// The route's body limit.
     pub body_limit: u64,
 }
 
 impl Forward<'_> {
+    /// The proxy's own cookies the request carried, which the backend must not get.
+    pub fn strip<'s>(&self, snap: &'s Snapshot) -> Strip<'s> {
+        let mut strip = Strip::default();
+        if let Some(c) = self.choice.sticky
+            && c.sent
+            && let Some(st) = &snap.pools[self.choice.pool].sticky
+        {
+            strip.add(st.cookie.as_bytes());
+        }
+        if let Some(c) = self.choice.split
+            && c.sent
+            && let RouteTo::Split(s) = &snap.config.routes[self.route].to
+        {
+            strip.add(s.cookie.as_bytes());
+        }
+        strip
+    }
+
     /// Write the request line for an HTTP/1.1 backend into `out` (cleared first): the
     /// method, the normalized path with the query as sent, HTTP/1.1.
     pub fn request_line(&self, method: &Method, out: &mut Vec<u8>) {
@@ -184,16 +201,7 @@ pub fn decide<'a>(
             limit: body_limit,
         }));
     }
-    let pool = &snap.pools[r.pool];
-    let (backend, fail_open) = match pool.pick(&Tried::default()) {
-        Pick::Healthy(i) => (i, false),
-        Pick::FailOpen(i) => (i, true),
-        Pick::AllDown | Pick::Exhausted => {
-            return Err(ProxyError::NoHealthyBackend {
-                pool: pool.name.clone(),
-            });
-        }
-    };
+    let choice = choose::choose(&snap.pools, &r.to, conn, req)?;
     Ok(Decision::Forward(Forward {
         raw_host,
         host,
@@ -201,9 +209,7 @@ pub fn decide<'a>(
         query: target.query,
         authority: target.authority,
         route,
-        pool: r.pool,
-        backend,
-        fail_open,
+        choice,
         body_limit,
     }))
 }

@@ -15,8 +15,11 @@
 //! names are dropped before anything is added: a client cannot pass its own
 //! `X-Forwarded-For` past the proxy by naming it, and an id it named is replaced.
 
+use super::choose::{SetCookies, pairs};
 use crate::wire::{self, Known, Lines, field};
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CACHE_CONTROL, CONNECTION, COOKIE, HOST, SET_COOKIE, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Forwarded-For`
@@ -88,6 +91,8 @@ pub struct Scan<'a> {
     forwarded_for: bool,
     /// The client's first `X-Request-Id`, if it may be used as the request's id.
     pub client_id: Option<&'a [u8]>,
+    /// How many `Cookie` fields there are.
+    cookies: u32,
 }
 
 impl<'a> Scan<'a> {
@@ -107,6 +112,7 @@ impl<'a> Scan<'a> {
                 Known::Upgrade if upgrade.is_none() => upgrade = Some(f.value),
                 Known::XForwardedFor => s.forwarded_for = true,
                 Known::XRequestId if id.is_none() => id = Some(f.value),
+                Known::Cookie => s.cookies += 1,
                 _ => {}
             }
         }
@@ -124,7 +130,8 @@ impl<'a> Scan<'a> {
             named: self.named.clone(),
             te_trailers: self.te_trailers,
             upgrade: if to.upgrade { self.upgrade } else { None },
-            forwarded_for: self.forwarded_for,
+            forwarded_for: self.forwarded_for && to.keep_forwarded_for,
+            cookies: !to.strip.is_empty() || (to.join_cookies && self.cookies > 1),
             to,
         }
     }
@@ -149,7 +156,51 @@ pub struct To<'a> {
     pub length: Option<u64>,
     /// The backend may be asked to upgrade (HTTP/1.1 backends only).
     pub upgrade: bool,
-    // TODO(#10): the sticky and split cookies to strip from `Cookie`.
+    /// The client's `X-Forwarded-For` goes on (else the peer alone is sent).
+    pub keep_forwarded_for: bool,
+    /// The proxy's own cookies, taken out of `Cookie`.
+    pub strip: Strip<'a>,
+    /// Several `Cookie` fields become one (HTTP/2 to an HTTP/1.1 backend, RFC 9113
+    /// §8.2.3).
+    pub join_cookies: bool,
+}
+
+/// Cookie names to take out of a request's `Cookie` fields (at most the sticky cookie and
+/// the split cookie).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Strip<'a> {
+    names: [&'a [u8]; 2],
+    n: usize,
+}
+
+impl<'a> Strip<'a> {
+    /// Strip cookies called `name`.
+    pub fn add(&mut self, name: &'a [u8]) {
+        if self.n < self.names.len() {
+            self.names[self.n] = name;
+            self.n += 1;
+        }
+    }
+
+    /// Whether there is nothing to strip.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn has(&self, name: &[u8]) -> bool {
+        self.names[..self.n].contains(&name)
+    }
+
+    /// The one `Cookie` value for `values`, without the stripped pairs; the others as
+    /// sent, joined by `; `. Empty when none is left.
+    fn join<'v>(&self, values: impl Iterator<Item = &'v [u8]>, out: &mut Vec<u8>) {
+        for p in values.flat_map(pairs).filter(|p| !self.has(p.name)) {
+            if !out.is_empty() {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(p.whole);
+        }
+    }
 }
 
 /// The edits of one request on its way to the backend.
@@ -159,6 +210,8 @@ pub struct Request<'a> {
     te_trailers: bool,
     upgrade: Option<&'a [u8]>,
     forwarded_for: bool,
+    /// The `Cookie` fields are rewritten into one (stripped or joined).
+    cookies: bool,
     to: To<'a>,
 }
 
@@ -181,8 +234,19 @@ impl Request<'_> {
             Known::XRequestId => self.to.request_id.is_some(),
             Known::ContentLength => true,
             Known::Host if self.to.host.is_some() => true,
+            Known::Cookie if self.cookies => true,
             _ => self.named.contains(f.name),
         }
+    }
+
+    /// The rewritten `Cookie` value, if the fields are rewritten and any pair is left.
+    fn cookie<'v>(&self, values: impl Iterator<Item = &'v [u8]>) -> Option<Vec<u8>> {
+        if !self.cookies {
+            return None;
+        }
+        let mut v = Vec::new();
+        self.to.strip.join(values, &mut v);
+        (!v.is_empty()).then_some(v)
     }
 
     /// Append the fields for the backend to `out`, edited, and the blank line; `fields`
@@ -196,6 +260,10 @@ impl Request<'_> {
     ) {
         write_kept(fields(), head, out, |f| self.drops(f));
         let to = &self.to;
+        let cookies = fields().filter(|f| f.known == Known::Cookie).map(|f| f.value);
+        if let Some(c) = self.cookie(cookies) {
+            field(out, b"cookie", &c);
+        }
         if self.te_trailers {
             field(out, b"te", b"trailers");
         }
@@ -242,6 +310,10 @@ impl Request<'_> {
         list.extend_from_slice(self.to.client_ip);
         let mut out = kept(map, 6, |f| self.drops(f));
         let to = &self.to;
+        let cookies = map.get_all(COOKIE).iter().map(HeaderValue::as_bytes);
+        if let Some(c) = self.cookie(cookies) {
+            out.insert(COOKIE, value(&c));
+        }
         if self.te_trailers {
             out.insert(TE, HeaderValue::from_static("trailers"));
         }
@@ -281,7 +353,11 @@ pub struct Response<'a> {
     /// 1xx must not carry one at all (RFC 9110 §8.6).
     no_length: bool,
     request_id: &'a [u8],
-    // TODO(#10): the sticky and split cookies' Set-Cookie, and Cache-Control.
+    /// The proxy's cookies.
+    set: &'a SetCookies,
+    /// Add `Cache-Control: private`: a cookie is set that a shared cache must not hand to
+    /// other users, and the backend did not already say private or no-store.
+    private: bool,
 }
 
 /// What [`Response::write`] saw, for the writer that adds framing.
@@ -292,19 +368,25 @@ pub struct Written {
 
 impl<'a> Response<'a> {
     /// The edits for a response with `fields`; `upgrade` is the protocol the client asked
-    /// for, when the response is a 101 that agreed to it.
+    /// for, when the response is a 101 that agreed to it; `set` the cookies the proxy sets.
     pub fn scan(
         fields: impl Iterator<Item = Field<'a>>,
         upgrade: Option<&'a [u8]>,
         request_id: &'a [u8],
         status: http::StatusCode,
+        set: &'a SetCookies,
     ) -> Response<'a> {
         let mut named = Named::default();
         let mut coded = status == http::StatusCode::NO_CONTENT || status.is_informational();
+        let mut private = set.private;
         for f in fields {
             match f.known {
                 Known::Connection => named.add(f.value),
                 Known::TransferEncoding => coded = true,
+                Known::CacheControl if private => {
+                    private = !wire::has_token(f.value, b"private")
+                        && !wire::has_token(f.value, b"no-store");
+                }
                 _ => {}
             }
         }
@@ -313,6 +395,8 @@ impl<'a> Response<'a> {
             upgrade,
             no_length: coded,
             request_id,
+            set,
+            private,
         }
     }
 
@@ -347,13 +431,19 @@ impl<'a> Response<'a> {
             field(out, b"connection", b"upgrade");
             field(out, b"upgrade", u);
         }
+        for c in self.set.values() {
+            field(out, b"set-cookie", c);
+        }
+        if self.private {
+            field(out, b"cache-control", b"private");
+        }
         field(out, b"x-request-id", self.request_id);
         w
     }
 
     /// `map`, a response's fields, edited.
     pub fn apply(&self, map: &HeaderMap) -> HeaderMap {
-        let mut out = kept(map, 2, |f| self.drops(f, true));
+        let mut out = kept(map, 4, |f| self.drops(f, true));
         self.add(&mut out);
         out
     }
@@ -363,6 +453,12 @@ impl<'a> Response<'a> {
         if let Some(u) = self.upgrade {
             map.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             map.insert(UPGRADE, value(u));
+        }
+        for c in self.set.values() {
+            map.append(SET_COOKIE, value(c));
+        }
+        if self.private {
+            map.append(CACHE_CONTROL, HeaderValue::from_static("private"));
         }
         map.insert(X_REQUEST_ID.clone(), value(self.request_id));
     }

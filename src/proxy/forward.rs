@@ -16,6 +16,7 @@
 
 use crate::body::{RequestBody, Source};
 use crate::clock::ConnClock;
+use crate::config::Balance;
 use crate::error::{ConnectError, ProxyError, UpstreamError};
 use crate::health;
 use crate::pool::{InFlight, Pick, Pool, Tried};
@@ -132,15 +133,18 @@ pub fn is_idempotent(m: &Method) -> bool {
     *m == Method::GET || *m == Method::HEAD || *m == Method::OPTIONS
 }
 
-/// Send the request to `first`, then to the pool's next picks while it was not delivered.
+/// Send the request to `first`, then to the pool's next picks (along the ring from `key`,
+/// for a hash balancer) while it was not delivered.
 pub async fn forward(
     pool: &Pool,
     first: usize,
+    key: Option<u64>,
     mut out: Outbound<'_>,
     wait: impl Wait + Copy,
     record: &mut Record,
 ) -> Result<Answer, ProxyError> {
-    let mut attempts = Attempts::new(pool, first);
+    let mut attempts = Attempts::new(pool, first, key);
+    let timed = pool.balance == Balance::P2cEwma;
     loop {
         let i = attempts.next()?;
         record.backend = Some(i);
@@ -165,6 +169,7 @@ pub async fn forward(
                     continue;
                 };
                 let replayable = body.is_none() && is_idempotent(method);
+                let sent_at = timed.then(crate::clock::now);
                 let x = Exchange {
                     head,
                     body: body.as_deref_mut(),
@@ -176,6 +181,7 @@ pub async fn forward(
                 match conn.exchange(x, wait).await {
                     Ok(head) => {
                         record.answered();
+                        observe(state, sent_at);
                         return Ok(Answer {
                             inbound: Inbound::H1 { head, conn },
                             in_flight,
@@ -198,10 +204,12 @@ pub async fn forward(
                     (None, None) => unreachable!("a request that cannot go again is never retried"),
                 };
                 h2::absolute(&mut r, pool.connector.tls.is_some(), &backend.label);
+                let sent_at = timed.then(crate::clock::now);
                 match wait.head(h2::send(&mut sender, r)).await {
                     None => (Failure::Late, reused, false),
                     Some(Ok(resp)) => {
                         record.answered();
+                        observe(state, sent_at);
                         return Ok(Answer {
                             inbound: Inbound::H2(Box::new(resp)),
                             in_flight,
@@ -256,6 +264,16 @@ pub async fn forward(
     }
 }
 
+/// Feed the latency EWMA the wait for a response head that began at `sent_at`.
+fn observe(state: &crate::pool::BackendState, sent_at: Option<std::time::Instant>) {
+    if let Some(at) = sent_at {
+        let now = crate::clock::now();
+        state
+            .latency
+            .observe(now.saturating_duration_since(at), crate::clock::micros(now));
+    }
+}
+
 /// A client-side failure that hyper's client reports for a request body it pulled (the
 /// limit, a stall, a broken body): the client's fault, answered as such.
 fn client_error(e: &UpstreamError) -> Option<ProxyError> {
@@ -283,6 +301,7 @@ fn client_error(e: &UpstreamError) -> Option<ProxyError> {
 struct Attempts<'p> {
     pool: &'p Pool,
     first: Option<usize>,
+    key: Option<u64>,
     /// A backend to try again after a stale pooled connection.
     again: Option<usize>,
     tried: Tried,
@@ -291,10 +310,11 @@ struct Attempts<'p> {
 }
 
 impl<'p> Attempts<'p> {
-    fn new(pool: &'p Pool, first: usize) -> Attempts<'p> {
+    fn new(pool: &'p Pool, first: usize, key: Option<u64>) -> Attempts<'p> {
         Attempts {
             pool,
             first: Some(first),
+            key,
             again: None,
             tried: Tried::default(),
             failures: 0,
@@ -308,7 +328,7 @@ impl<'p> Attempts<'p> {
             return Ok(i);
         }
         let pool = self.pool;
-        match pool.pick(&self.tried) {
+        match pool.pick(&self.tried, self.key) {
             Pick::Healthy(i) | Pick::FailOpen(i) => Ok(i),
             Pick::AllDown => Err(ProxyError::NoHealthyBackend {
                 pool: pool.name.clone(),

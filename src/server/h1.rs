@@ -24,6 +24,7 @@ use crate::body::{Body, Limit, RequestBody, Source};
 use crate::config::Limits;
 use crate::error::{ProxyError, UpstreamError};
 use crate::pool::InFlight;
+use crate::proxy::choose;
 use crate::proxy::decide::{self, Decision};
 use crate::proxy::edit::{self, Scan, To as EditTo};
 use crate::proxy::forward::{self, Clocked, Inbound, Outbound};
@@ -135,6 +136,8 @@ struct Forward {
     snap: Arc<Snapshot>,
     pool: usize,
     backend: usize,
+    /// The hash key, for retries along the ring.
+    key: Option<u64>,
     method: Method,
     limit: Limit,
     expect_continue: bool,
@@ -257,7 +260,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
             }
             Ok(Decision::Forward(d)) => {
                 record.decided(&snap, &d, scan.client_id);
-                let pool = &snap.pools[d.pool];
+                let pool = &snap.pools[d.choice.pool];
                 let h2 = pool.connector.h2;
                 let chunked = matches!(h.framing, Framing::Chunked);
                 let id = (!record.id_is_given()).then(|| record.id_bytes());
@@ -270,11 +273,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                     chunked: chunked && !h2,
                     length: h.length,
                     upgrade: !h2 && !h.has_body() && h.version == Version::HTTP_11,
+                    keep_forwarded_for: self.info.forwarded.keeps_list(),
+                    strip: d.strip(&snap),
+                    join_cookies: false,
                 });
                 let fwd = Forward {
                     snap: snap.clone(),
-                    pool: d.pool,
-                    backend: d.backend,
+                    pool: d.choice.pool,
+                    backend: d.choice.backend,
+                    key: d.choice.key,
                     method: h.method.clone(),
                     limit: Limit::new(d.body_limit),
                     expect_continue: h.expect_continue,
@@ -362,7 +369,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                 method: &fwd.method,
                 upgrade: fwd.upgrade.as_deref(),
             };
-            let answer = forward::forward(pool, fwd.backend, out, wait, record).await;
+            let answer = forward::forward(pool, fwd.backend, fwd.key, out, wait, record).await;
             let (left, limit) = client.state();
             let body_done = matches!(left, Left::Done);
             to.close |= !body_done;
@@ -446,7 +453,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                 req: Some(Box::new(req)),
                 replay,
             };
-            let resp = match forward::forward(pool, fwd.backend, out_req, wait, record).await {
+            let resp = match forward::forward(pool, fwd.backend, fwd.key, out_req, wait, record).await {
                 Ok(answer) => proxy::to_map(answer, read_timeout, record),
                 Err(e) => proxy::fail(e, record),
             };
@@ -469,7 +476,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
         out.clear();
         crate::wire::status_line(out, head.status);
         let fields = || proxy::head_fields(&head, &conn);
-        let edits = edit::Response::scan(fields(), Some(protocol), record.id(), head.status);
+        let set = choose::cookies(record);
+        let edits = edit::Response::scan(fields(), Some(protocol), record.id(), head.status, &set);
         edits.write(fields(), Some(&head.bytes), true, out);
         out.extend_from_slice(b"\r\n");
         record.status = 101;
@@ -497,9 +505,10 @@ fn client_head(
     out: &mut Vec<u8>,
 ) -> (write::Framing, bool) {
     let written = {
+        let set = choose::cookies(record);
         let id = record.id();
         let fields = || proxy::head_fields(head, conn);
-        let edits = edit::Response::scan(fields(), None, id, head.status);
+        let edits = edit::Response::scan(fields(), None, id, head.status, &set);
         write::head_from_h1(head, fields(), &edits, to, out)
     };
     record.status = head.status.as_u16();

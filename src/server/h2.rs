@@ -91,7 +91,7 @@ async fn try_serve(
     };
     let scan = Scan::request(map_fields(&parts.headers));
     record.decided(&snap, &d, scan.client_id);
-    let pool = &snap.pools[d.pool];
+    let pool = &snap.pools[d.choice.pool];
     let mut stream = Stream::new(body, d.body_limit, limits.client_body_timeout);
     let has_body = !stream.is_empty();
     let chunked = has_body && parts.content_length().is_none();
@@ -105,6 +105,9 @@ async fn try_serve(
         chunked: chunked && !pool.connector.h2,
         length: parts.content_length(),
         upgrade: false,
+        keep_forwarded_for: info.forwarded.keeps_list(),
+        strip: d.strip(&snap),
+        join_cookies: !pool.connector.h2,
     });
     let wait = Timer(pool.timeouts.response);
     let answer = if pool.connector.h2 {
@@ -122,7 +125,7 @@ async fn try_serve(
             req: Some(Box::new(req)),
             replay,
         };
-        forward::forward(pool, d.backend, out, wait, record).await?
+        forward::forward(pool, d.choice.backend, d.choice.key, out, wait, record).await?
     } else {
         let mut up = Vec::with_capacity(512);
         d.request_line(&parts.method, &mut up);
@@ -134,7 +137,7 @@ async fn try_serve(
             method: &parts.method,
             upgrade: None,
         };
-        forward::forward(pool, d.backend, out, wait, record).await?
+        forward::forward(pool, d.choice.backend, d.choice.key, out, wait, record).await?
     };
     Ok(Reply::Answer(answer, pool.timeouts.read))
 }

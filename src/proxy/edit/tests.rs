@@ -55,6 +55,12 @@ const TO: To<'static> = To {
     chunked: false,
     length: None,
     upgrade: true,
+    keep_forwarded_for: true,
+    strip: Strip {
+        names: [b"", b""],
+        n: 0,
+    },
+    join_cookies: false,
 };
 
 /// Requests whose edits exercise every rule; each is checked with both appliers.
@@ -73,6 +79,8 @@ const REQUESTS: &[&[u8]] = &[
       HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; sy=tok;b=\"q r\"\r\nX-After: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nCookie: sy=tok\r\nCookie: ab=v2\r\n\r\n",
 ];
 
 fn request_id_of<'a>(scan: &Scan<'a>) -> Option<&'a [u8]> {
@@ -80,6 +88,93 @@ fn request_id_of<'a>(scan: &Scan<'a>) -> Option<&'a [u8]> {
         Some(_) => None,
         None => TO.request_id,
     }
+}
+
+fn sy_and_ab() -> Strip<'static> {
+    let mut s = Strip::default();
+    s.add(b"sy");
+    s.add(b"ab");
+    s
+}
+
+/// The request fields `to` makes of `head`, written as bytes.
+fn edited_with(head: &[u8], to: To<'_>) -> String {
+    let pairs = parsed(head);
+    let fields = as_fields(&pairs);
+    let scan = Scan::request(fields.iter().copied());
+    let mut bytes = Vec::new();
+    scan.edits(to).write(|| fields.iter().copied(), None, &mut bytes);
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn the_proxys_cookies_are_stripped_and_the_others_pass_as_sent() {
+    let to = To {
+        strip: sy_and_ab(),
+        ..TO
+    };
+    let out = edited_with(
+        b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; sy=tok;b=\"q r\" ; c\r\n\r\n",
+        to,
+    );
+    assert!(out.contains("cookie: a=1; b=\"q r\"\r\n"), "{out}");
+    let out = edited_with(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: sy=tok\r\nCookie: ab=x\r\n\r\n", to);
+    assert!(!out.to_ascii_lowercase().contains("cookie"), "{out}");
+    // Nothing to strip: every Cookie field passes as it was, even several.
+    let out = edited_with(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1;b=2\r\nCookie: c=3\r\n\r\n", TO);
+    assert!(out.contains("Cookie: a=1;b=2\r\nCookie: c=3\r\n"), "{out}");
+    // From HTTP/2 to HTTP/1.1: one field.
+    let out = edited_with(
+        b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1\r\nCookie: c=3\r\n\r\n",
+        To {
+            join_cookies: true,
+            ..TO
+        },
+    );
+    assert!(out.contains("cookie: a=1; c=3\r\n") && !out.contains("Cookie:"), "{out}");
+}
+
+#[test]
+fn an_untrusted_peers_forwarded_for_is_replaced() {
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+    let out = edited_with(
+        head,
+        To {
+            keep_forwarded_for: false,
+            ..TO
+        },
+    );
+    assert!(out.contains("x-forwarded-for: 127.0.0.1\r\n"), "{out}");
+    assert!(edited_with(head, TO).contains("x-forwarded-for: 6.6.6.6, 127.0.0.1\r\n"));
+}
+
+#[test]
+fn set_cookie_brings_cache_control_private_unless_the_backend_said_so() {
+    let set = SetCookies::of(&[b"sy=tok; Path=/", b"ab=v2; Path=/"], true);
+    let case = |head: &[u8], set: &SetCookies| {
+        let pairs = parsed(head);
+        let fields = as_fields(&pairs);
+        let edits = Response::scan(fields.iter().copied(), None, b"id", http::StatusCode::OK, set);
+        let mut bytes = Vec::new();
+        edits.write(fields.iter().copied(), None, true, &mut bytes);
+        let map = edits.apply(&as_map(&pairs));
+        assert_eq!(reparsed(&bytes), map);
+        map
+    };
+    let m = case(b"HTTP/1.1 200 OK\r\nSet-Cookie: app=1\r\nCache-Control: max-age=60\r\n\r\n", &set);
+    let cookies: Vec<_> = m.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["app=1", "sy=tok; Path=/", "ab=v2; Path=/"]);
+    let cc: Vec<_> = m.get_all("cache-control").iter().collect();
+    assert_eq!(cc, ["max-age=60", "private"]);
+    for said in ["private", "no-store", "Private, max-age=0"] {
+        let head = format!("HTTP/1.1 200 OK\r\nCache-Control: {said}\r\n\r\n");
+        let m = case(head.as_bytes(), &set);
+        assert_eq!(m.get_all("cache-control").iter().count(), 1, "{said}");
+    }
+    let m = case(b"HTTP/1.1 200 OK\r\n\r\n", &SetCookies::of(&[b"sy=t"], false));
+    assert!(m.get("cache-control").is_none(), "nocache: false");
+    let m = case(b"HTTP/1.1 200 OK\r\n\r\n", &SetCookies::default());
+    assert!(m.get("set-cookie").is_none() && m.get("cache-control").is_none());
 }
 
 #[test]
@@ -97,12 +192,15 @@ fn request_appliers_agree() {
             "{}",
             String::from_utf8_lossy(head)
         );
-        for chunked in [false, true] {
+        for (chunked, strip) in [(false, false), (true, false), (false, true), (true, true)] {
             let to = To {
                 request_id: request_id_of(&scan),
                 chunked,
                 length: (!chunked).then_some(5),
                 host: chunked.then_some(&b"auth.test:8080"[..]),
+                strip: if strip { sy_and_ab() } else { TO.strip },
+                join_cookies: strip,
+                keep_forwarded_for: !strip,
                 ..TO
             };
             let edits = scan.edits(to);
@@ -229,7 +327,8 @@ fn response_appliers_agree() {
         } else {
             http::StatusCode::OK
         };
-        let edits = Response::scan(fields.iter().copied(), upgrade, b"id-1", status);
+        let none = SetCookies::default();
+        let edits = Response::scan(fields.iter().copied(), upgrade, b"id-1", status, &none);
         let mut bytes = Vec::new();
         edits.write(fields.iter().copied(), None, true, &mut bytes);
         let map = edits.apply(&as_map(&pairs));
@@ -248,6 +347,7 @@ fn response_appliers_agree() {
         None,
         b"id",
         http::StatusCode::OK,
+        &SetCookies::default(),
     )
     .apply(&as_map(&pairs));
     assert!(

@@ -1,0 +1,389 @@
+//! Where a routed request starts: which pool (a split's variant) and which backend (the
+//! pool's sticky token, else its balancer, fed the request's hash key). Part of the
+//! decision step, so it runs once per request, on every wire path, and in `explain`; and
+//! the cookies the response then sets ([`cookies`]), from what was decided and the backend
+//! that finally answered.
+//!
+//! Cookies are read and stripped on the bytes of the `Cookie` fields ([`pairs`]): one pass,
+//! no allocation, and the spans that let every other cookie pass byte for byte. The pair
+//! syntax is the `cookie` crate's `split_parse` (`;`-separated, trimmed, split at the first
+//! `=`); a test holds the two equal.
+
+use super::{ConnInfo, Forwarded};
+use crate::balance;
+use crate::config::{RouteTo, Split};
+use crate::error::ProxyError;
+use crate::pool::{Pick, Pool, Tried};
+use crate::record::Record;
+use crate::router::Fields;
+use crate::sticky::{self, Verdict};
+use http::HeaderName;
+use http::header::COOKIE;
+use std::net::IpAddr;
+
+/// Where a request starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// Index of the pool in the snapshot.
+    pub pool: usize,
+    /// The first backend to try.
+    pub backend: usize,
+    /// No backend is healthy, and the pool fails open: this one is tried anyway.
+    pub fail_open: bool,
+    /// The request's hash key, hashed: retries go on along the ring from it.
+    pub key: Option<u64>,
+    pub split: Option<SplitChoice>,
+    pub sticky: Option<StickyChoice>,
+}
+
+/// How a split chose its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitChoice {
+    /// The split cookie named the pool (the user's variant, or QA forcing one); otherwise
+    /// it was drawn by weight and the response sets the cookie.
+    pub by_cookie: bool,
+    /// The request carried the split cookie (whatever it said): stripped upstream.
+    pub sent: bool,
+}
+
+/// What the pool's sticky cookie decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StickyChoice {
+    pub result: StickyResult,
+    /// The backend a valid token named, while it is in the pool.
+    pub token_backend: Option<usize>,
+    /// The token was signed by an older key: the response re-signs it.
+    pub old_key: bool,
+    /// The request carried the cookie: stripped upstream.
+    pub sent: bool,
+}
+
+/// The outcome of a sticky decision (`switchyard_sticky_decisions_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickyResult {
+    /// A valid token, and its backend took the request.
+    Hit,
+    /// No cookie.
+    New,
+    /// A valid token whose backend is down or gone, or failed the request.
+    Reassigned,
+    /// A bad signature, a malformed or expired token.
+    Invalid,
+}
+
+impl StickyResult {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickyResult::Hit => "hit",
+            StickyResult::New => "new",
+            StickyResult::Reassigned => "reassigned",
+            StickyResult::Invalid => "invalid",
+        }
+    }
+}
+
+/// Choose the pool and first backend for a request to `to`, in `pools`, that arrived on
+/// `conn`.
+pub fn choose(
+    pools: &[Pool],
+    to: &RouteTo,
+    conn: &ConnInfo,
+    req: &impl Fields,
+) -> Result<Choice, ProxyError> {
+    let (p, split) = match to {
+        RouteTo::Pool(p) => (*p, None),
+        RouteTo::Split(s) => {
+            let (p, c) = split(pools, s, req);
+            (p, Some(c))
+        }
+    };
+    let pool = &pools[p];
+    let key = hash_key(pool, conn, req);
+    let mut sticky = None;
+    if let Some(st) = &pool.sticky {
+        let (c, hit) = sticky_choice(pool, st, req);
+        sticky = Some(c);
+        if let Some(backend) = hit {
+            return Ok(Choice {
+                pool: p,
+                backend,
+                fail_open: false,
+                key,
+                split,
+                sticky,
+            });
+        }
+    }
+    let (backend, fail_open) = match pool.pick(&Tried::default(), key) {
+        Pick::Healthy(i) => (i, false),
+        Pick::FailOpen(i) => (i, true),
+        Pick::AllDown | Pick::Exhausted => {
+            return Err(ProxyError::NoHealthyBackend {
+                pool: pool.name.clone(),
+            });
+        }
+    };
+    Ok(Choice {
+        pool: p,
+        backend,
+        fail_open,
+        key,
+        split,
+        sticky,
+    })
+}
+
+/// The split's pool: the one its cookie names, else one drawn by weight.
+fn split(pools: &[Pool], s: &Split, req: &impl Fields) -> (usize, SplitChoice) {
+    let sent = cookie(req, s.cookie.as_bytes());
+    if let Some(v) = sent
+        && let Some(&(p, _)) = s.pools.iter().find(|&&(p, _)| pools[p].name.as_bytes() == v)
+    {
+        let c = SplitChoice {
+            by_cookie: true,
+            sent: true,
+        };
+        return (p, c);
+    }
+    let total: u32 = s.pools.iter().map(|&(_, w)| w).sum();
+    let mut r = fastrand::u32(..total);
+    let mut chosen = s.pools[0].0;
+    for &(p, w) in &s.pools {
+        if r < w {
+            chosen = p;
+            break;
+        }
+        r -= w;
+    }
+    let c = SplitChoice {
+        by_cookie: false,
+        sent: sent.is_some(),
+    };
+    (chosen, c)
+}
+
+/// Read the pool's sticky cookie; the backend when the token holds.
+fn sticky_choice(
+    pool: &Pool,
+    st: &sticky::Sticky,
+    req: &impl Fields,
+) -> (StickyChoice, Option<usize>) {
+    let sent = cookie(req, st.cookie.as_bytes());
+    let mut c = StickyChoice {
+        result: StickyResult::New,
+        token_backend: None,
+        old_key: false,
+        sent: sent.is_some(),
+    };
+    let Some(token) = sent else {
+        return (c, None);
+    };
+    match st.verify(token, sticky::unix_now()) {
+        Verdict::Invalid => c.result = StickyResult::Invalid,
+        Verdict::Valid { backend, old_key } => {
+            c.token_backend = backend;
+            c.old_key = old_key;
+            match backend {
+                Some(b) if pool.backends[b].up() => {
+                    c.result = StickyResult::Hit;
+                    return (c, Some(b));
+                }
+                _ => c.result = StickyResult::Reassigned,
+            }
+        }
+    }
+    (c, None)
+}
+
+/// The request's hash key for a hash balancer, hashed; `None` when the pool does not hash
+/// or the request has no key (round robin then).
+fn hash_key(pool: &Pool, conn: &ConnInfo, req: &impl Fields) -> Option<u64> {
+    use crate::config::Balance::*;
+    match pool.balance {
+        CookieHash => cookie(req, pool.hash_key.as_deref()?.as_bytes()).map(balance::hash),
+        HeaderHash => {
+            let name = HeaderName::from_bytes(pool.hash_key.as_deref()?.as_bytes()).ok()?;
+            let v = req.values(&name).next()?;
+            Some(balance::hash(v))
+        }
+        IpHash => Some(match client(conn, req) {
+            IpAddr::V4(a) => balance::hash(&a.octets()),
+            IpAddr::V6(a) => balance::hash(&a.octets()),
+        }),
+        _ => None,
+    }
+}
+
+/// The client's address: the peer, unless it is a trusted proxy; then the last
+/// `X-Forwarded-For` entry that is not one (nginx's `real_ip_recursive on`).
+pub fn client(conn: &ConnInfo, req: &impl Fields) -> IpAddr {
+    let peer = conn.peer.ip();
+    let Forwarded::Trust(trusted) = &conn.forwarded else {
+        return peer;
+    };
+    let xff = super::edit::X_FORWARDED_FOR.clone();
+    let fields: Vec<&[u8]> = req.values(&xff).collect();
+    let mut client = peer;
+    for entry in fields
+        .iter()
+        .rev()
+        .flat_map(|v| v.rsplit(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+    {
+        let Some(ip) = std::str::from_utf8(entry)
+            .ok()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        else {
+            // Garbage is where belief stops: the last good hop is the client.
+            break;
+        };
+        client = ip;
+        if !trusted.iter().any(|n| n.contains(&ip)) {
+            break;
+        }
+    }
+    client
+}
+
+/// The value of the first cookie called `name` in the request's `Cookie` fields.
+pub fn cookie<'a>(req: &'a impl Fields, name: &[u8]) -> Option<&'a [u8]> {
+    req.values(&COOKIE)
+        .flat_map(pairs)
+        .find(|p| p.name == name)
+        .map(|p| p.value)
+}
+
+/// One `name=value` pair of a `Cookie` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pair<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    /// The pair as sent, trimmed.
+    pub whole: &'a [u8],
+}
+
+/// The pairs of a `Cookie` field value, in order; pieces without `=` or with an empty name
+/// are skipped, as the `cookie` crate skips them.
+pub fn pairs(value: &[u8]) -> impl Iterator<Item = Pair<'_>> {
+    value.split(|&b| b == b';').filter_map(|piece| {
+        let whole = piece.trim_ascii();
+        let eq = whole.iter().position(|&b| b == b'=')?;
+        let name = whole[..eq].trim_ascii();
+        (!name.is_empty()).then(|| Pair {
+            name,
+            value: whole[eq + 1..].trim_ascii(),
+            whole,
+        })
+    })
+}
+
+/// The cookies a response sets, and whether it must then say `Cache-Control: private`.
+#[derive(Debug, Default)]
+pub struct SetCookies {
+    buf: Vec<u8>,
+    /// Where each value ends in `buf`.
+    ends: [usize; 2],
+    n: usize,
+    /// A cookie was set on a pool with `nocache` (or by a split).
+    pub private: bool,
+}
+
+impl SetCookies {
+    /// The `Set-Cookie` values.
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.n).map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.buf[start..self.ends[i]]
+        })
+    }
+
+    /// Cookies with these values (for tests of the edits).
+    #[cfg(test)]
+    pub fn of(values: &[&[u8]], private: bool) -> SetCookies {
+        let mut s = SetCookies {
+            private,
+            ..SetCookies::default()
+        };
+        for v in values {
+            s.push(|out| out.extend_from_slice(v));
+        }
+        s
+    }
+
+    fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.buf);
+        self.ends[self.n] = self.buf.len();
+        self.n += 1;
+    }
+}
+
+/// The cookies the response to `record`'s request sets, now that `record.backend` answered.
+/// A sticky token is set when the request had none that held, when an older key signed
+/// it, or when a retry took the request to another backend than its token's (then counted
+/// as reassigned); a split cookie when the pool was drawn.
+pub fn cookies(record: &mut Record) -> SetCookies {
+    let mut set = SetCookies::default();
+    let (Some(snap), Some(p), Some(b)) = (record.snap.clone(), record.pool, record.backend) else {
+        return set;
+    };
+    let tls = record.conn.tls.is_some();
+    if let Some(c) = &mut record.sticky
+        && let Some(st) = &snap.pools[p].sticky
+    {
+        if c.result == StickyResult::Hit && c.token_backend != Some(b) {
+            c.result = StickyResult::Reassigned;
+        }
+        if c.result != StickyResult::Hit || c.old_key {
+            set.push(|out| st.set_cookie(b, tls, out));
+            set.private |= st.nocache;
+        }
+    }
+    if let Some(c) = record.split
+        && !c.by_cookie
+        && let Some(r) = record.route
+        && let RouteTo::Split(s) = &snap.config.routes[r].to
+    {
+        let name = snap.pools[p].name.clone();
+        set.push(|out| {
+            out.extend_from_slice(s.cookie.as_bytes());
+            out.push(b'=');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"; Path=/");
+            sticky::attributes(tls, out);
+        });
+        set.private = true;
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_split_as_the_cookie_crate_does() {
+        for v in [
+            "a=1; b=2",
+            "a=1;b=2;;c=",
+            " sy = tok ; x=\"q\" ",
+            "noeq; =empty; ok=1",
+            "a=b=c; d=1",
+            "",
+        ] {
+            let ours: Vec<(String, String)> = pairs(v.as_bytes())
+                .map(|p| {
+                    (
+                        String::from_utf8(p.name.to_vec()).unwrap(),
+                        String::from_utf8(p.value.to_vec()).unwrap(),
+                    )
+                })
+                .collect();
+            let theirs: Vec<(String, String)> = cookie::Cookie::split_parse(v)
+                .flatten()
+                .map(|c| (c.name().to_string(), c.value().to_string()))
+                .collect();
+            assert_eq!(ours, theirs, "{v:?}");
+        }
+    }
+}
