@@ -346,13 +346,22 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
 
 /// Parse and validate config `text`; `path` is used in messages.
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, Vec<ConfigError>> {
+    parse_with_env(path, text, &|name| std::env::var_os(name))
+}
+
+/// [`parse`], reading environment variables (`sticky_secret_env`) through `env`.
+pub fn parse_with_env(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Loaded, Vec<ConfigError>> {
     let spans = spans::Spans::index(text);
     let raw: raw::Config = if text.trim().is_empty() {
         raw::Config::default()
     } else {
         serde_yaml::from_str(text).map_err(|e| vec![serde_error(path, &e)])?
     };
-    validate::validate(&raw, path, &spans)
+    validate::validate(&raw, path, &spans, env)
 }
 
 /// `p` as written in the config at `file`: relative paths are relative to its folder.

@@ -20,8 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Validate `raw`, read from `file`, whose positions are in `spans`.
-pub fn validate(raw: &raw::Config, file: &Path, spans: &Spans) -> Result<Loaded, Vec<ConfigError>> {
+/// Validate `raw`, read from `file`, whose positions are in `spans`; `env` reads
+/// environment variables.
+pub fn validate(
+    raw: &raw::Config,
+    file: &Path,
+    spans: &Spans,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Loaded, Vec<ConfigError>> {
     let mut c = Check {
         file,
         spans,
@@ -41,7 +47,7 @@ pub fn validate(raw: &raw::Config, file: &Path, spans: &Spans) -> Result<Loaded,
     let sticky_secret = raw
         .sticky_secret_env
         .as_deref()
-        .and_then(|name| c.secret(name, |n| std::env::var_os(n)));
+        .and_then(|name| c.secret(name, env));
     let access_log = match raw.access_log.unwrap_or(raw::AccessLog::Json) {
         raw::AccessLog::Json => AccessLogFormat::Json,
         raw::AccessLog::Common => AccessLogFormat::Common,
@@ -169,7 +175,7 @@ impl Check<'_> {
     fn secret(
         &mut self,
         name: &str,
-        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+        lookup: &dyn Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Option<Secret> {
         let at = self.spans.value("sticky_secret_env");
         let Some(value) = lookup(name) else {

@@ -461,6 +461,17 @@ impl Proxy {
     /// As [`Proxy::start`], with `workers` workers (`Server::bind_workers`): worker 0 on the
     /// test's runtime, the others on threads of their own.
     pub async fn start_workers(yaml: &str, addrs: &[(&str, SocketAddr)], workers: usize) -> Proxy {
+        Proxy::start_with_env(yaml, addrs, workers, &[]).await
+    }
+
+    /// As [`Proxy::start_workers`], with environment variables `env` (for
+    /// `sticky_secret_env`) instead of the process's.
+    pub async fn start_with_env(
+        yaml: &str,
+        addrs: &[(&str, SocketAddr)],
+        workers: usize,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let mut text = yaml
             .replace("{listen}", "127.0.0.1:0")
             .replace("{listen2}", "127.0.0.1:0")
@@ -468,7 +479,12 @@ impl Proxy {
         for (name, addr) in addrs {
             text = text.replace(&format!("{{{name}}}"), &addr.to_string());
         }
-        let loaded = switchyard::config::parse(Path::new("test.yaml"), &text)
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        let loaded = switchyard::config::parse_with_env(Path::new("test.yaml"), &text, &lookup)
             .unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{text}"));
         let names: Vec<_> = loaded
             .config
