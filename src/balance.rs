@@ -418,13 +418,18 @@ mod tests {
     use crate::pool::Backend;
 
     fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
-        weights
+        let ports: Vec<(u16, u32)> = (0..).zip(weights.iter().copied()).collect();
+        at_ports(&ports)
+    }
+
+    /// Backends on 127.0.0.1:9000+port with these weights.
+    fn at_ports(ports: &[(u16, u32)]) -> Vec<Arc<Backend>> {
+        ports
             .iter()
-            .enumerate()
-            .map(|(i, &w)| {
+            .map(|&(p, w)| {
                 Arc::new(Backend::new(
                     &config::Backend {
-                        addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
+                        addr: ([127, 0, 0, 1], 9000 + p).into(),
                         host: None,
                         weight: w,
                         drain: false,
@@ -434,6 +439,150 @@ mod tests {
                 ))
             })
             .collect()
+    }
+
+    fn keys(n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|i| hash(format!("session-{i}").as_bytes()))
+            .collect()
+    }
+
+    /// The label of the backend `ring` gives each key, with every backend idle.
+    fn owners(b: &[Arc<Backend>], keys: &[u64]) -> Vec<Arc<str>> {
+        let ring = Balancer::new(config::Balance::CookieHash, b);
+        keys.iter()
+            .map(|&k| b[ring.pick(b, Some(k), |_| true).unwrap()].label.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_hash_is_stable() {
+        // Fixed outputs: a fleet (and the next release) must hash as this one does.
+        // FNV-1a's published test vectors, then the finalizer.
+        assert_eq!(hash(b""), mix(0xcbf2_9ce4_8422_2325));
+        assert_eq!(hash(b"a"), mix(0xaf63_dc4c_8601_ec8c));
+        assert_eq!(hash(b"foobar"), mix(0x8594_4171_f739_67e8));
+        assert_eq!(mix(0), 0);
+        // Pinned: a change here moves every user of every hash pool.
+        assert_eq!(hash(b"session-1"), 17_467_118_465_826_753_311);
+    }
+
+    #[test]
+    fn a_thousand_keys_map_the_same_way_every_time_and_spread() {
+        let keys = keys(1000);
+        let first = owners(&backends(&[1, 1, 1, 1]), &keys);
+        // Another instance: same backends, built again (in another order, too).
+        let other = at_ports(&[(3, 1), (1, 1), (0, 1), (2, 1)]);
+        assert_eq!(first, owners(&other, &keys));
+        for port in 9000..9004 {
+            let label = format!("127.0.0.1:{port}");
+            let n = first.iter().filter(|l| ***l == *label).count();
+            assert!((150..=350).contains(&n), "{label}: {n} of 1000");
+        }
+    }
+
+    #[test]
+    fn removing_one_of_four_moves_only_its_keys() {
+        let keys = keys(1000);
+        let before = owners(&backends(&[1, 1, 1, 1]), &keys);
+        let after = owners(&at_ports(&[(0, 1), (1, 1), (3, 1)]), &keys);
+        let moved: Vec<usize> = (0..keys.len()).filter(|&i| before[i] != after[i]).collect();
+        assert!(moved.len() <= 300, "{} of 1000 keys moved", moved.len());
+        assert!(moved.iter().all(|&i| &*before[i] == "127.0.0.1:9002"));
+        // And back: the keys return where they were.
+        assert_eq!(owners(&backends(&[1, 1, 1, 1]), &keys), before);
+    }
+
+    #[test]
+    fn adding_a_fifth_moves_about_a_fifth() {
+        let keys = keys(1000);
+        let before = owners(&backends(&[1, 1, 1, 1]), &keys);
+        let after = owners(&backends(&[1, 1, 1, 1, 1]), &keys);
+        let moved: Vec<usize> = (0..keys.len()).filter(|&i| before[i] != after[i]).collect();
+        assert!((100..=300).contains(&moved.len()), "{}", moved.len());
+        assert!(moved.iter().all(|&i| &*after[i] == "127.0.0.1:9004"));
+    }
+
+    #[test]
+    fn weights_shape_the_ring() {
+        let b = backends(&[1, 3]);
+        let heavy = owners(&b, &keys(2000))
+            .iter()
+            .filter(|l| &***l == "127.0.0.1:9001")
+            .count();
+        assert!((1300..=1700).contains(&heavy), "{heavy} of 2000");
+    }
+
+    #[test]
+    fn a_hot_key_spills_once_its_backend_is_over_the_cap() {
+        let b = backends(&[1, 1, 1, 1]);
+        let bal = Balancer::new(config::Balance::HeaderHash, &b);
+        let key = hash(b"hot");
+        let home = bal.pick(&b, Some(key), |_| true).unwrap();
+        let mut held = Vec::new();
+        let mut used = [0usize; 4];
+        for _ in 0..40 {
+            let i = bal.pick(&b, Some(key), |_| true).unwrap();
+            used[i] += 1;
+            held.push(b[i].state.start_request());
+            let total: u64 = b.iter().map(|x| u64::from(x.state.in_flight())).sum();
+            let cap = (5 * total).div_ceil(16);
+            for x in &b {
+                assert!(u64::from(x.state.in_flight()) <= cap.max(1), "{used:?}");
+            }
+        }
+        assert_eq!(used[home], used.iter().copied().max().unwrap(), "{used:?}");
+        assert!(used.iter().filter(|&&n| n > 0).count() > 1, "{used:?}");
+        // Once the crowd leaves, the key is home again.
+        drop(held);
+        assert_eq!(bal.pick(&b, Some(key), |_| true), Some(home));
+    }
+
+    #[test]
+    fn retries_go_on_along_the_ring_and_no_key_is_round_robin() {
+        let b = backends(&[1, 1, 1]);
+        let bal = Balancer::new(config::Balance::IpHash, &b);
+        let key = hash(b"10.0.0.1");
+        let first = bal.pick(&b, Some(key), |_| true).unwrap();
+        let second = bal.pick(&b, Some(key), |i| i != first).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(bal.pick(&b, Some(key), |i| i != first), Some(second));
+        assert_eq!(bal.pick(&b, Some(key), |_| false), None);
+        let mut seen = [0; 3];
+        for _ in 0..30 {
+            seen[bal.pick(&b, None, |_| true).unwrap()] += 1;
+        }
+        assert_eq!(seen, [10, 10, 10]);
+    }
+
+    #[test]
+    fn p2c_avoids_a_slow_backend_and_forgives_it_in_time() {
+        let b = backends(&[1, 1, 1]);
+        let bal = Balancer::new(config::Balance::P2cEwma, &b);
+        let now = crate::clock::micros(crate::clock::now());
+        b[0].state.latency.observe(Duration::from_millis(500), now);
+        for x in &b[1..] {
+            x.state.latency.observe(Duration::from_millis(1), now);
+        }
+        let slow = (0..300)
+            .filter(|_| bal.pick(&b, None, |_| true) == Some(0))
+            .count();
+        assert_eq!(slow, 0, "the slow one loses every comparison");
+        // In-flight requests weigh in: a busy fast backend loses to an idle one.
+        let _busy: Vec<_> = (0..50).map(|_| b[1].state.start_request()).collect();
+        assert!((0..50).all(|_| bal.pick(&b, None, |i| i != 0) == Some(2)));
+        // Without samples the estimate decays: after a minute the peak is forgotten.
+        let e = &b[0].state.latency;
+        assert!(e.estimate(now) > 4.9e8);
+        assert!(e.estimate(now + 60_000_000) < 2e6);
+        // A lower sample blends in rather than replacing.
+        e.observe(Duration::from_millis(1), now + 1_000_000);
+        let blended = e.estimate(now + 1_000_000);
+        assert!(blended > 1e6 && blended < 5e8, "{blended}");
+        // No samples: the default, decaying from when the backend appeared.
+        let fresh = Ewma::default().estimate(crate::clock::micros(crate::clock::now()));
+        let default = DEFAULT_RTT.as_nanos() as f64;
+        assert!(fresh <= default && fresh > default * 0.99, "{fresh}");
     }
 
     #[test]

@@ -269,7 +269,8 @@ fn summary(path: &Path, c: &Config) -> String {
         }
         s += &format!(
             "  {:<12} host {host} {path}{cond} -> {}\n",
-            r.name, c.destination(r)
+            r.name,
+            c.destination(r)
         );
     }
     s
@@ -357,8 +358,40 @@ fn print_tour(server: &Server, config: &Config) {
         let _ = writeln!(
             out,
             "  curl -si {base}{path}          # route {} -> pool {}",
-            r.name, config.destination(r)
+            r.name,
+            config.destination(r)
         );
+    }
+    // The stickiness tour, for the routes whose pools have something to show.
+    for r in &config.routes {
+        let path = sample_path(r);
+        let pools: Vec<&crate::config::Pool> = r.to.pools().map(|p| &config.pools[p]).collect();
+        if let Some(st) = pools.iter().find_map(|p| p.sticky.as_ref()) {
+            let _ = writeln!(
+                out,
+                "  curl -si -c /tmp/sy.jar -b /tmp/sy.jar {base}{path}   # sticky ({}): run it twice, same backend",
+                st.cookie
+            );
+        }
+        if let crate::config::RouteTo::Split(s) = &r.to
+            && let Some(&(p, _)) = s.pools.last()
+        {
+            let _ = writeln!(
+                out,
+                "  curl -si -b {}={} {base}{path}   # split: the cookie forces a variant",
+                s.cookie, config.pools[p].name
+            );
+        }
+        if let Some(key) = pools
+            .iter()
+            .find(|p| p.balance == crate::config::Balance::CookieHash)
+            .and_then(|p| p.hash_key.as_deref())
+        {
+            let _ = writeln!(
+                out,
+                "  curl -si -b {key}=alice {base}{path}   # cookie_hash: alice always gets the same backend"
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -252,8 +252,11 @@ impl RouteTo {
             RouteTo::Pool(p) => (Some(*p), None),
             RouteTo::Split(s) => (None, Some(s)),
         };
-        one.into_iter()
-            .chain(split.into_iter().flat_map(|s| s.pools.iter().map(|&(p, _)| p)))
+        one.into_iter().chain(
+            split
+                .into_iter()
+                .flat_map(|s| s.pools.iter().map(|&(p, _)| p)),
+        )
     }
 }
 

@@ -190,9 +190,10 @@ impl Pool {
                 .map(|t| crate::tls::client_config(t.ca.as_ref().map(|c| c.certs.as_slice()), h2)),
             timeout: cfg.timeouts.connect,
         };
-        let sticky = cfg.sticky.as_ref().map(|st| {
-            Sticky::new(st, &cfg.name, backends.iter().map(|b| &*b.label), secret)
-        });
+        let sticky = cfg
+            .sticky
+            .as_ref()
+            .map(|st| Sticky::new(st, &cfg.name, backends.iter().map(|b| &*b.label), secret));
         Pool {
             name: cfg.name.clone(),
             balance: cfg.balance,
@@ -304,7 +305,10 @@ mod tests {
             eject(p, 0);
             eject(p, 1);
         }
-        assert!(matches!(open.pick(&Tried::default(), None), Pick::FailOpen(_)));
+        assert!(matches!(
+            open.pick(&Tried::default(), None),
+            Pick::FailOpen(_)
+        ));
         assert_eq!(reject.pick(&Tried::default(), None), Pick::AllDown);
     }
 

@@ -16,8 +16,11 @@ use std::sync::{Arc, Mutex};
 pub struct Snapshot {
     pub config: Config,
     pub router: Router,
-    /// In config order; `config.routes[i].pool` indexes this.
+    /// In config order; a route's pool indices index this.
     pub pools: Vec<Pool>,
+    /// By route: the proxy's own cookies its requests may carry (its split cookie and the
+    /// sticky cookies of its pools), which never reach a backend.
+    pub cookies: Vec<Box<[Box<[u8]>]>>,
 }
 
 impl Snapshot {
@@ -32,11 +35,32 @@ impl Snapshot {
                 let old = prev.and_then(|s| s.pools.iter().find(|o| o.name == p.name));
                 Pool::compile(p, old, config.sticky_secret.as_ref())
             })
+            .collect::<Vec<Pool>>();
+        let cookies = config
+            .routes
+            .iter()
+            .map(|r| {
+                let split = match &r.to {
+                    crate::config::RouteTo::Split(s) => Some(s.cookie.as_bytes()),
+                    crate::config::RouteTo::Pool(_) => None,
+                };
+                let sticky =
+                    r.to.pools()
+                        .filter_map(|p| pools[p].sticky.as_ref().map(|s| s.cookie.as_bytes()));
+                let mut names: Vec<Box<[u8]>> = Vec::new();
+                for n in split.into_iter().chain(sticky) {
+                    if !names.iter().any(|x| **x == *n) {
+                        names.push(n.into());
+                    }
+                }
+                names.into_boxed_slice()
+            })
             .collect();
         Snapshot {
             config,
             router,
             pools,
+            cookies,
         }
     }
 }

@@ -286,7 +286,11 @@ mod tests {
             LABELS.iter().copied(),
             Some(&secret(&["k1"])),
         );
-        assert_eq!(other_pool.verify(&t, 1000), Verdict::Invalid, "another pool");
+        assert_eq!(
+            other_pool.verify(&t, 1000),
+            Verdict::Invalid,
+            "another pool"
+        );
     }
 
     #[test]
@@ -310,7 +314,10 @@ mod tests {
             }
         );
         // Another instance, built the same way, reads the same token the same way.
-        assert_eq!(sticky(&["new", "old"], None).verify(&fresh, 5000), rotated.verify(&fresh, 5000));
+        assert_eq!(
+            sticky(&["new", "old"], None).verify(&fresh, 5000),
+            rotated.verify(&fresh, 5000)
+        );
     }
 
     #[test]
@@ -360,6 +367,10 @@ mod tests {
         let default_key = Sticky::new(&cfg(None), "payment", LABELS.iter().copied(), None);
         let mut out = Vec::new();
         default_key.set_cookie(0, false, &mut out);
-        assert!(String::from_utf8(out).unwrap().ends_with("; Path=/; HttpOnly; SameSite=Lax"));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("; Path=/; HttpOnly; SameSite=Lax")
+        );
     }
 }

@@ -518,7 +518,11 @@ impl Check<'_> {
                     format!(
                         "`balance: {}` needs `hash_key:`, the {} to hash",
                         balance.as_str(),
-                        if balance == Balance::CookieHash { "cookie" } else { "header" }
+                        if balance == Balance::CookieHash {
+                            "cookie"
+                        } else {
+                            "header"
+                        }
                     ),
                 );
                 None
@@ -674,7 +678,9 @@ impl Check<'_> {
                 }
             };
             let to = match (&r.pool, &r.split) {
-                (Some(p), None) => self.pool_ref(&format!("{path}.pool"), &name, p, pools).map(RouteTo::Pool),
+                (Some(p), None) => self
+                    .pool_ref(&format!("{path}.pool"), &name, p, pools)
+                    .map(RouteTo::Pool),
                 (None, Some(split)) => self.split(&format!("{path}.split"), &name, split, pools),
                 (Some(_), Some(_)) => {
                     self.error(
@@ -769,7 +775,13 @@ impl Check<'_> {
 
     /// A route's `split:`: a valid cookie name and at least two distinct defined pools,
     /// each with a weight above zero.
-    fn split(&mut self, path: &str, route: &str, s: &raw::Split, pools: &[Pool]) -> Option<RouteTo> {
+    fn split(
+        &mut self,
+        path: &str,
+        route: &str,
+        s: &raw::Split,
+        pools: &[Pool],
+    ) -> Option<RouteTo> {
         self.cookie_name(&format!("{path}.cookie"), &s.cookie);
         if s.pools.len() < 2 {
             self.error(

@@ -34,6 +34,8 @@ pub struct Choice {
     pub key: Option<u64>,
     pub split: Option<SplitChoice>,
     pub sticky: Option<StickyChoice>,
+    /// The request carries some of the proxy's own cookies: strip them upstream.
+    pub strip: bool,
 }
 
 /// How a split chose its pool.
@@ -42,8 +44,6 @@ pub struct SplitChoice {
     /// The split cookie named the pool (the user's variant, or QA forcing one); otherwise
     /// it was drawn by weight and the response sets the cookie.
     pub by_cookie: bool,
-    /// The request carried the split cookie (whatever it said): stripped upstream.
-    pub sent: bool,
 }
 
 /// What the pool's sticky cookie decided.
@@ -84,26 +84,36 @@ impl StickyResult {
 }
 
 /// Choose the pool and first backend for a request to `to`, in `pools`, that arrived on
-/// `conn`.
+/// `conn`; `own` are the proxy's cookies on the route (see `Snapshot::cookies`).
 pub fn choose(
     pools: &[Pool],
     to: &RouteTo,
+    own: &[Box<[u8]>],
     conn: &ConnInfo,
     req: &impl Fields,
 ) -> Result<Choice, ProxyError> {
-    let (p, split) = match to {
-        RouteTo::Pool(p) => (*p, None),
+    let (p, split, strip) = match to {
+        RouteTo::Pool(p) => (*p, None, false),
         RouteTo::Split(s) => {
             let (p, c) = split(pools, s, req);
-            (p, Some(c))
+            // Any pool's sticky cookie, not only the chosen one's: a user who moved
+            // between variants still carries the other.
+            let sent = !own.is_empty()
+                && req
+                    .values(&COOKIE)
+                    .flat_map(pairs)
+                    .any(|pair| own.iter().any(|n| **n == *pair.name));
+            (p, Some(c), sent)
         }
     };
     let pool = &pools[p];
     let key = hash_key(pool, conn, req);
     let mut sticky = None;
+    let mut strip = strip;
     if let Some(st) = &pool.sticky {
         let (c, hit) = sticky_choice(pool, st, req);
         sticky = Some(c);
+        strip |= c.sent;
         if let Some(backend) = hit {
             return Ok(Choice {
                 pool: p,
@@ -112,6 +122,7 @@ pub fn choose(
                 key,
                 split,
                 sticky,
+                strip,
             });
         }
     }
@@ -131,6 +142,7 @@ pub fn choose(
         key,
         split,
         sticky,
+        strip,
     })
 }
 
@@ -138,13 +150,12 @@ pub fn choose(
 fn split(pools: &[Pool], s: &Split, req: &impl Fields) -> (usize, SplitChoice) {
     let sent = cookie(req, s.cookie.as_bytes());
     if let Some(v) = sent
-        && let Some(&(p, _)) = s.pools.iter().find(|&&(p, _)| pools[p].name.as_bytes() == v)
+        && let Some(&(p, _)) = s
+            .pools
+            .iter()
+            .find(|&&(p, _)| pools[p].name.as_bytes() == v)
     {
-        let c = SplitChoice {
-            by_cookie: true,
-            sent: true,
-        };
-        return (p, c);
+        return (p, SplitChoice { by_cookie: true });
     }
     let total: u32 = s.pools.iter().map(|&(_, w)| w).sum();
     let mut r = fastrand::u32(..total);
@@ -156,11 +167,7 @@ fn split(pools: &[Pool], s: &Split, req: &impl Fields) -> (usize, SplitChoice) {
         }
         r -= w;
     }
-    let c = SplitChoice {
-        by_cookie: false,
-        sent: sent.is_some(),
-    };
-    (chosen, c)
+    (chosen, SplitChoice { by_cookie: false })
 }
 
 /// Read the pool's sticky cookie; the backend when the token holds.

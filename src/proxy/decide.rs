@@ -15,7 +15,6 @@
 use super::ConnInfo;
 use super::choose::{self, Choice};
 use super::edit::Strip;
-use crate::config::RouteTo;
 use crate::error::ProxyError;
 use crate::router::path::{self, PathError};
 use crate::router::{Fields, Trace};
@@ -127,22 +126,13 @@ pub struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    /// The proxy's own cookies the request carried, which the backend must not get.
+    /// The proxy's own cookies, which the backend must not get: the route's, when the
+    /// request carried any of them.
     pub fn strip<'s>(&self, snap: &'s Snapshot) -> Strip<'s> {
-        let mut strip = Strip::default();
-        if let Some(c) = self.choice.sticky
-            && c.sent
-            && let Some(st) = &snap.pools[self.choice.pool].sticky
-        {
-            strip.add(st.cookie.as_bytes());
+        match self.choice.strip {
+            true => Strip::new(&snap.cookies[self.route]),
+            false => Strip::default(),
         }
-        if let Some(c) = self.choice.split
-            && c.sent
-            && let RouteTo::Split(s) = &snap.config.routes[self.route].to
-        {
-            strip.add(s.cookie.as_bytes());
-        }
-        strip
     }
 
     /// Write the request line for an HTTP/1.1 backend into `out` (cleared first): the
@@ -201,7 +191,7 @@ pub fn decide<'a>(
             limit: body_limit,
         }));
     }
-    let choice = choose::choose(&snap.pools, &r.to, conn, req)?;
+    let choice = choose::choose(&snap.pools, &r.to, &snap.cookies[route], conn, req)?;
     Ok(Decision::Forward(Forward {
         raw_host,
         host,

@@ -165,30 +165,26 @@ pub struct To<'a> {
     pub join_cookies: bool,
 }
 
-/// Cookie names to take out of a request's `Cookie` fields (at most the sticky cookie and
-/// the split cookie).
+/// Cookie names to take out of a request's `Cookie` fields: the proxy's own (a route's
+/// split cookie and the sticky cookies of its pools).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Strip<'a> {
-    names: [&'a [u8]; 2],
-    n: usize,
+    names: &'a [Box<[u8]>],
 }
 
 impl<'a> Strip<'a> {
-    /// Strip cookies called `name`.
-    pub fn add(&mut self, name: &'a [u8]) {
-        if self.n < self.names.len() {
-            self.names[self.n] = name;
-            self.n += 1;
-        }
+    /// Strip cookies with these names.
+    pub const fn new(names: &'a [Box<[u8]>]) -> Strip<'a> {
+        Strip { names }
     }
 
     /// Whether there is nothing to strip.
     pub fn is_empty(&self) -> bool {
-        self.n == 0
+        self.names.is_empty()
     }
 
     fn has(&self, name: &[u8]) -> bool {
-        self.names[..self.n].contains(&name)
+        self.names.iter().any(|n| **n == *name)
     }
 
     /// The one `Cookie` value for `values`, without the stripped pairs; the others as
@@ -260,7 +256,9 @@ impl Request<'_> {
     ) {
         write_kept(fields(), head, out, |f| self.drops(f));
         let to = &self.to;
-        let cookies = fields().filter(|f| f.known == Known::Cookie).map(|f| f.value);
+        let cookies = fields()
+            .filter(|f| f.known == Known::Cookie)
+            .map(|f| f.value);
         if let Some(c) = self.cookie(cookies) {
             field(out, b"cookie", &c);
         }

@@ -453,10 +453,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                 req: Some(Box::new(req)),
                 replay,
             };
-            let resp = match forward::forward(pool, fwd.backend, fwd.key, out_req, wait, record).await {
-                Ok(answer) => proxy::to_map(answer, read_timeout, record),
-                Err(e) => proxy::fail(e, record),
-            };
+            let resp =
+                match forward::forward(pool, fwd.backend, fwd.key, out_req, wait, record).await {
+                    Ok(answer) => proxy::to_map(answer, read_timeout, record),
+                    Err(e) => proxy::fail(e, record),
+                };
             let mut o = Out::new(&mut wr, to.timeout);
             write_map(&mut o, resp, &to, out, record).await
         };

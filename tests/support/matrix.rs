@@ -18,8 +18,10 @@
 //!
 //! Every [`Matrix`] is a proxy of its own with two listeners, `web` (plain) and `websecure`
 //! (TLS, a certificate for [`HOST`] and 127.0.0.1 from a fresh test CA), one pool
-//! [`POOL`] holding the spec's backends in order, and one route [`ROUTE`] for the prefix
-//! [`PREFIX`]: any other path is a route miss (404).
+//! [`POOL`] holding the spec's backends in order (and any other pools the spec adds, their
+//! backends reached the same way), and one route [`ROUTE`] for the prefix [`PREFIX`] to
+//! that pool (or to what [`Spec::route_to`] says, e.g. a split): any other path is a route
+//! miss (404).
 
 use super::tls::{Ca, connect};
 use super::{
@@ -180,6 +182,23 @@ pub struct Spec {
     pub log: bool,
     /// Balancing weights of the backends, by position (missing ones are 1).
     pub weights: Vec<u32>,
+    /// Pools besides [`POOL`], each served the way the shape's pool is.
+    pub others: Vec<OtherPool>,
+    /// What the route goes to, as a YAML flow mapping entry, instead of `pool: POOL`: e.g.
+    /// `split: {cookie: ab, pools: [{pool: upstream, weight: 1}, {pool: b, weight: 1}]}`.
+    pub route_to: Option<String>,
+    /// The environment the config is read with (for `sticky_secret_env`), instead of the
+    /// process's.
+    pub env: Vec<(String, String)>,
+}
+
+/// A pool of a [`Spec`] besides [`POOL`] (see [`Spec::other_pool`]).
+pub struct OtherPool {
+    pub name: String,
+    /// Its backends, in pool order, served as [`Spec::backends`] are.
+    pub backends: Vec<Kind>,
+    /// Extra keys of the pool, one per line.
+    pub yaml: String,
 }
 
 impl Default for Spec {
@@ -198,6 +217,9 @@ impl Spec {
             top_yaml: String::new(),
             log: false,
             weights: Vec::new(),
+            others: Vec::new(),
+            route_to: None,
+            env: Vec::new(),
         }
     }
 
@@ -224,6 +246,31 @@ impl Spec {
     /// Capture the access log as JSON lines.
     pub fn log(mut self) -> Spec {
         self.log = true;
+        self
+    }
+
+    /// Add a pool `name` with these backends and extra keys (one per line), reached the
+    /// way the shape's pool is (TLS or h2c alike); its backends are in [`Matrix::others`].
+    pub fn other_pool(mut self, name: &str, backends: Vec<Kind>, yaml: &str) -> Spec {
+        self.others.push(OtherPool {
+            name: name.to_string(),
+            backends,
+            yaml: yaml.to_string(),
+        });
+        self
+    }
+
+    /// Send the route to `to` (a flow mapping entry such as `split: {...}`) instead of
+    /// `pool: POOL`.
+    pub fn route_to(mut self, to: &str) -> Spec {
+        self.route_to = Some(to.to_string());
+        self
+    }
+
+    /// Read the config with the environment variable `name` set to `value` (and no other
+    /// variable of the process's).
+    pub fn env(mut self, name: &str, value: &str) -> Spec {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 }
@@ -392,6 +439,8 @@ pub struct Matrix {
     pub proxy: Proxy,
     /// The pool's backends, in the spec's order.
     pub backends: Vec<Up>,
+    /// The backends of the spec's other pools, by pool name, in the spec's order.
+    pub others: Vec<(String, Vec<Up>)>,
     /// The CA that signed the TLS listener's (and a TLS backend's) certificate.
     pub ca: Ca,
     /// The access log's output (empty unless the spec asked for the log).
@@ -412,33 +461,11 @@ impl Matrix {
             Shape::TlsPool => Some(tls_acceptor(&ca, dir.path())),
             _ => None,
         };
-        let mut backends = Vec::new();
-        for kind in spec.backends {
-            let handler: Handler = match kind {
-                Kind::Refusing => {
-                    backends.push(Up {
-                        addr: refusing_addr().await,
-                        server: None,
-                    });
-                    continue;
-                }
-                Kind::Echo(name) => {
-                    let name: Arc<str> = name.into();
-                    Arc::new(move |req| {
-                        let name = name.clone();
-                        Box::pin(async move { echo_response(req, &name).await })
-                    })
-                }
-                Kind::Serve(h) => h,
-            };
-            let server = match &backend_tls {
-                Some(acceptor) => serve_tls(acceptor.clone(), handler).await,
-                None => Backend::serve(move |req| handler(req)).await,
-            };
-            backends.push(Up {
-                addr: server.addr,
-                server: Some(server),
-            });
+        let backends = start_backends(spec.backends, backend_tls.as_ref()).await;
+        let mut others = Vec::new();
+        for other in spec.others {
+            let ups = start_backends(other.backends, backend_tls.as_ref()).await;
+            others.push((other.name, other.yaml, ups));
         }
         let pool_kind = match shape {
             Shape::TlsPool => format!(
@@ -448,19 +475,11 @@ impl Matrix {
             Shape::H2Pool => "protocol: h2\n".to_string(),
             _ => String::new(),
         };
-        let pool_keys: String = format!("{pool_kind}{}", spec.pool_yaml)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| format!("    {l}\n"))
-            .collect();
-        let addrs: Vec<String> = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let weight = spec.weights.get(i).copied().unwrap_or(1);
-                format!("{{addr: \"{}\", weight: {weight}}}", b.addr)
-            })
-            .collect();
+        let mut pools = pool_entry(POOL, &pool_kind, &spec.pool_yaml, &backends, &spec.weights);
+        for (name, yaml, ups) in &others {
+            pools.push_str(&pool_entry(name, &pool_kind, yaml, ups, &[]));
+        }
+        let route_to = spec.route_to.unwrap_or_else(|| format!("pool: {POOL}"));
         let access_log = if spec.top_yaml.contains("access_log:") {
             ""
         } else if spec.log {
@@ -476,16 +495,19 @@ impl Matrix {
              \x20   tls: {{certificates: [{{cert: \"{cert}\", key: \"{key}\"}}]}}\n\
              {access_log}{top}\
              pools:\n\
-             \x20 {POOL}:\n\
-             {pool_keys}\
-             \x20   backends: [{addrs}]\n\
-             routes: [{{name: {ROUTE}, match: {{prefix: {PREFIX}}}, pool: {POOL}}}]\n",
+             {pools}\
+             routes: [{{name: {ROUTE}, match: {{prefix: {PREFIX}}}, {route_to}}}]\n",
             cert = leaf.cert.display(),
             key = leaf.key.display(),
             top = spec.top_yaml,
-            addrs = addrs.join(", "),
         );
-        let loaded = switchyard::config::parse(Path::new("matrix.yaml"), &yaml)
+        let env = spec.env;
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        let loaded = switchyard::config::parse_with_env(Path::new("matrix.yaml"), &yaml, &lookup)
             .unwrap_or_else(|e| panic!("matrix config invalid: {e:?}\n{yaml}"));
         let log = LogBuf::default();
         let writer = AccessLog::start_to(loaded.config.access_log, Box::new(log.clone()));
@@ -512,11 +534,32 @@ impl Matrix {
             shape,
             proxy,
             backends,
+            others: others
+                .into_iter()
+                .map(|(name, _, ups)| (name, ups))
+                .collect(),
             ca,
             log,
             read: AtomicUsize::new(0),
             _dir: dir,
         }
+    }
+
+    /// The backends of pool `name` ([`POOL`] or one of the spec's other pools).
+    pub fn pool(&self, name: &str) -> &[Up] {
+        if name == POOL {
+            return &self.backends;
+        }
+        self.others
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, ups)| ups.as_slice())
+            .unwrap_or_else(|| panic!("no pool {name} in this matrix"))
+    }
+
+    /// Whether this shape's client talks to the TLS listener (cookies come `Secure`).
+    pub fn tls(&self) -> bool {
+        self.shape.listener() == SECURE
     }
 
     /// The address of the listener this shape's client talks to.
@@ -707,6 +750,58 @@ impl Matrix {
         self.read.store(end + 1, Ordering::SeqCst);
         Some(String::from_utf8_lossy(&buf[from..end]).into_owned())
     }
+}
+
+/// Start `kinds`, in order, over TLS with `tls` when given (else plain HTTP/1 or h2c).
+async fn start_backends(kinds: Vec<Kind>, tls: Option<&tokio_rustls::TlsAcceptor>) -> Vec<Up> {
+    let mut ups = Vec::new();
+    for kind in kinds {
+        let handler: Handler = match kind {
+            Kind::Refusing => {
+                ups.push(Up {
+                    addr: refusing_addr().await,
+                    server: None,
+                });
+                continue;
+            }
+            Kind::Echo(name) => {
+                let name: Arc<str> = name.into();
+                Arc::new(move |req| {
+                    let name = name.clone();
+                    Box::pin(async move { echo_response(req, &name).await })
+                })
+            }
+            Kind::Serve(h) => h,
+        };
+        let server = match tls {
+            Some(acceptor) => serve_tls(acceptor.clone(), handler).await,
+            None => Backend::serve(move |req| handler(req)).await,
+        };
+        ups.push(Up {
+            addr: server.addr,
+            server: Some(server),
+        });
+    }
+    ups
+}
+
+/// The YAML of pool `name` under `pools:`: the shape's keys `kind`, the spec's `extra`
+/// keys, and `ups` as its backends with `weights` by position (missing ones are 1).
+fn pool_entry(name: &str, kind: &str, extra: &str, ups: &[Up], weights: &[u32]) -> String {
+    let keys: String = format!("{kind}{extra}")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let addrs: Vec<String> = ups
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let weight = weights.get(i).copied().unwrap_or(1);
+            format!("{{addr: \"{}\", weight: {weight}}}", b.addr)
+        })
+        .collect();
+    format!("  {name}:\n{keys}    backends: [{}]\n", addrs.join(", "))
 }
 
 /// A TLS acceptor for a backend certificate for [`BACKEND_SNI`] from `ca`, with ALPN h2

@@ -379,6 +379,157 @@ impl Got {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Every `Set-Cookie` value, in order.
+    pub fn set_cookies(&self) -> Vec<&str> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().expect("a Set-Cookie value in ASCII"))
+            .collect()
+    }
+
+    /// The `Set-Cookie` value that sets cookie `name`, if one does (fails if several do).
+    pub fn set_cookie(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}=");
+        let all: Vec<&str> = self
+            .set_cookies()
+            .into_iter()
+            .filter(|v| v.starts_with(&prefix))
+            .collect();
+        assert!(all.len() <= 1, "cookie {name} set twice: {all:?}");
+        all.first().copied()
+    }
+
+    /// The value the response sets cookie `name` to, if it sets it.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        let v = self.set_cookie(name)?;
+        let value = &v[name.len() + 1..];
+        Some(value.split(';').next().unwrap_or(value))
+    }
+}
+
+/// The sticky tokens of pool `pool` with its backends at `addrs` (in pool order) under
+/// `keys` (a `sticky_secret_env` value: comma-separated, the first signs), as every proxy
+/// with that config and secret makes and reads them: to read a proxy's tokens, and to
+/// forge ones it never issued (long expired, from another key, for a backend it lacks).
+pub fn sticky(
+    pool: &str,
+    addrs: &[SocketAddr],
+    keys: &str,
+    max_age: Option<Duration>,
+) -> switchyard::sticky::Sticky {
+    let cfg = switchyard::config::Sticky {
+        cookie: "sy".into(),
+        max_age,
+        nocache: true,
+    };
+    let secret = switchyard::config::Secret {
+        env: "TEST".into(),
+        keys: keys.split(',').map(|k| Arc::from(k.as_bytes())).collect(),
+    };
+    let labels: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+    switchyard::sticky::Sticky::new(&cfg, pool, labels.iter().map(String::as_str), Some(&secret))
+}
+
+/// Seconds since the Unix epoch, the clock sticky tokens carry.
+pub fn unix_now() -> u64 {
+    switchyard::sticky::unix_now()
+}
+
+/// A keep-alive client's HTTP/1.1 client type (see [`client`]).
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    TestBody,
+>;
+
+/// GET `url` on `client` with the extra header fields `headers`, in order.
+pub async fn get_with(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Got {
+    let mut b = Request::get(url);
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let req = b.body(full("")).expect("a valid request");
+    collect(client.request(req).await.expect("request failed")).await
+}
+
+/// The `switchyard` binary running `run` as a child process; killed when dropped.
+pub struct Binary {
+    child: std::process::Child,
+    /// Each listener's address, in the order it was logged (the config's).
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Binary {
+    /// Run the binary on `config` with one worker and the environment variables `env` set
+    /// (`RUST_LOG` removed), and wait until its `listeners` listeners are listening (the
+    /// "listening" log line carries the bound address: readiness, no sleep).
+    pub fn start(config: &Path, env: &[(&str, &str)], listeners: usize) -> Binary {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.args(["--config", config.to_str().expect("a UTF-8 path")])
+            .args(["--workers", "1"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("run switchyard");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let mut addrs = Vec::new();
+        let mut seen = String::new();
+        while addrs.len() < listeners {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("switchyard exited before listening:\n{seen}");
+            }
+            if let Some(i) = line.find("addr=") {
+                addrs.push(line[i + 5..].trim().parse().expect("a listener address"));
+            }
+            seen.push_str(&line);
+        }
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Binary { child, addrs }
+    }
+
+    /// `http://ADDR{path}` on the first listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addrs[0])
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `switchyard explain --json --config CONFIG ARGS...` with the environment variables
+/// `env` set: its exit code and, when it printed one, the decision as JSON (else null).
+pub fn explain_json(
+    config: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.arg("explain")
+        .arg("--config")
+        .arg(config)
+        .arg("--json")
+        .args(args)
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run switchyard explain");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), json)
 }
 
 /// Send `req` and collect the response.

@@ -56,10 +56,7 @@ const TO: To<'static> = To {
     length: None,
     upgrade: true,
     keep_forwarded_for: true,
-    strip: Strip {
-        names: [b"", b""],
-        n: 0,
-    },
+    strip: Strip::new(&[]),
     join_cookies: false,
 };
 
@@ -91,10 +88,9 @@ fn request_id_of<'a>(scan: &Scan<'a>) -> Option<&'a [u8]> {
 }
 
 fn sy_and_ab() -> Strip<'static> {
-    let mut s = Strip::default();
-    s.add(b"sy");
-    s.add(b"ab");
-    s
+    static NAMES: std::sync::LazyLock<Vec<Box<[u8]>>> =
+        std::sync::LazyLock::new(|| vec![Box::from(&b"sy"[..]), Box::from(&b"ab"[..])]);
+    Strip::new(&NAMES)
 }
 
 /// The request fields `to` makes of `head`, written as bytes.
@@ -103,7 +99,8 @@ fn edited_with(head: &[u8], to: To<'_>) -> String {
     let fields = as_fields(&pairs);
     let scan = Scan::request(fields.iter().copied());
     let mut bytes = Vec::new();
-    scan.edits(to).write(|| fields.iter().copied(), None, &mut bytes);
+    scan.edits(to)
+        .write(|| fields.iter().copied(), None, &mut bytes);
     String::from_utf8(bytes).unwrap()
 }
 
@@ -118,10 +115,16 @@ fn the_proxys_cookies_are_stripped_and_the_others_pass_as_sent() {
         to,
     );
     assert!(out.contains("cookie: a=1; b=\"q r\"\r\n"), "{out}");
-    let out = edited_with(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: sy=tok\r\nCookie: ab=x\r\n\r\n", to);
+    let out = edited_with(
+        b"GET / HTTP/1.1\r\nHost: a\r\nCookie: sy=tok\r\nCookie: ab=x\r\n\r\n",
+        to,
+    );
     assert!(!out.to_ascii_lowercase().contains("cookie"), "{out}");
     // Nothing to strip: every Cookie field passes as it was, even several.
-    let out = edited_with(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1;b=2\r\nCookie: c=3\r\n\r\n", TO);
+    let out = edited_with(
+        b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1;b=2\r\nCookie: c=3\r\n\r\n",
+        TO,
+    );
     assert!(out.contains("Cookie: a=1;b=2\r\nCookie: c=3\r\n"), "{out}");
     // From HTTP/2 to HTTP/1.1: one field.
     let out = edited_with(
@@ -131,7 +134,10 @@ fn the_proxys_cookies_are_stripped_and_the_others_pass_as_sent() {
             ..TO
         },
     );
-    assert!(out.contains("cookie: a=1; c=3\r\n") && !out.contains("Cookie:"), "{out}");
+    assert!(
+        out.contains("cookie: a=1; c=3\r\n") && !out.contains("Cookie:"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -154,14 +160,23 @@ fn set_cookie_brings_cache_control_private_unless_the_backend_said_so() {
     let case = |head: &[u8], set: &SetCookies| {
         let pairs = parsed(head);
         let fields = as_fields(&pairs);
-        let edits = Response::scan(fields.iter().copied(), None, b"id", http::StatusCode::OK, set);
+        let edits = Response::scan(
+            fields.iter().copied(),
+            None,
+            b"id",
+            http::StatusCode::OK,
+            set,
+        );
         let mut bytes = Vec::new();
         edits.write(fields.iter().copied(), None, true, &mut bytes);
         let map = edits.apply(&as_map(&pairs));
         assert_eq!(reparsed(&bytes), map);
         map
     };
-    let m = case(b"HTTP/1.1 200 OK\r\nSet-Cookie: app=1\r\nCache-Control: max-age=60\r\n\r\n", &set);
+    let m = case(
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: app=1\r\nCache-Control: max-age=60\r\n\r\n",
+        &set,
+    );
     let cookies: Vec<_> = m.get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["app=1", "sy=tok; Path=/", "ab=v2; Path=/"]);
     let cc: Vec<_> = m.get_all("cache-control").iter().collect();
@@ -171,7 +186,10 @@ fn set_cookie_brings_cache_control_private_unless_the_backend_said_so() {
         let m = case(head.as_bytes(), &set);
         assert_eq!(m.get_all("cache-control").iter().count(), 1, "{said}");
     }
-    let m = case(b"HTTP/1.1 200 OK\r\n\r\n", &SetCookies::of(&[b"sy=t"], false));
+    let m = case(
+        b"HTTP/1.1 200 OK\r\n\r\n",
+        &SetCookies::of(&[b"sy=t"], false),
+    );
     assert!(m.get("cache-control").is_none(), "nocache: false");
     let m = case(b"HTTP/1.1 200 OK\r\n\r\n", &SetCookies::default());
     assert!(m.get("set-cookie").is_none() && m.get("cache-control").is_none());
