@@ -557,3 +557,37 @@ fn explain_names_the_backend_of_a_valid_token() {
     let (code, _) = support::explain_json(&config, &[], &["GET", "http://shop.test/"]);
     assert_eq!(code, Some(1));
 }
+
+/// [`FLEET`] with backend `b` draining.
+const DRAINING: &str = r#"
+listeners: [{name: web, bind: "{listen}"}]
+access_log: off
+sticky_secret_env: SY_TEST_SECRET
+pools:
+  p:
+    sticky: {cookie: sy}
+    backends: [{addr: "{a}"}, {addr: "{b}", drain: true}, {addr: "{c}"}]
+routes: [{name: all, pool: p}]
+"#;
+
+#[tokio::test]
+async fn a_draining_backend_keeps_its_sticky_users_and_gets_no_new_ones() {
+    let (_bs, at) = backends().await;
+    let proxy = Proxy::start_with_env(DRAINING, &at, 1, &[(SECRET_ENV, KEY)]).await;
+    let c = support::client();
+    let base = format!("http://{}", proxy.addr);
+    let addrs: Vec<SocketAddr> = at.iter().map(|(_, a)| *a).collect();
+    let token = support::sticky("p", &addrs, KEY, None).token(1, support::unix_now());
+    let token = String::from_utf8(token.to_vec()).unwrap();
+    holds(&c, &base, &token, "b", 10).await;
+    // New users: spread over a and c, never b.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..12 {
+        let got = ask(&c, &base, "").await;
+        let backend = got.header("x-backend").to_string();
+        assert_ne!(backend, "b", "new user {i}");
+        assert!(got.cookie("sy").is_some(), "new user {i}");
+        seen.insert(backend);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
