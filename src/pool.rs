@@ -21,8 +21,10 @@ pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     pub balance: Balance,
     balancer: Balancer,
-    /// The cookie or lower-case header name a hash balancer hashes.
-    pub hash_key: Option<Box<str>>,
+    /// The cookie a `cookie_hash` balancer hashes.
+    pub hash_cookie: Option<Box<str>>,
+    /// The header a `header_hash` balancer hashes.
+    pub hash_header: Option<http::HeaderName>,
     /// The sticky cookie, when the pool has one.
     pub sticky: Option<Sticky>,
     pub timeouts: Timeouts,
@@ -198,7 +200,16 @@ impl Pool {
             name: cfg.name.clone(),
             balance: cfg.balance,
             balancer: Balancer::new(cfg.balance, &backends),
-            hash_key: cfg.hash_key.as_deref().map(Box::from),
+            hash_cookie: (cfg.balance == Balance::CookieHash)
+                .then(|| cfg.hash_key.as_deref().map(Box::from))
+                .flatten(),
+            hash_header: (cfg.balance == Balance::HeaderHash)
+                .then(|| {
+                    cfg.hash_key
+                        .as_deref()
+                        .and_then(|k| http::HeaderName::from_bytes(k.as_bytes()).ok())
+                })
+                .flatten(),
             sticky,
             backends,
             timeouts: cfg.timeouts,

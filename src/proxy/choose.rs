@@ -17,7 +17,6 @@ use crate::pool::{Pick, Pool, Tried};
 use crate::record::Record;
 use crate::router::Fields;
 use crate::sticky::{self, Verdict};
-use http::HeaderName;
 use http::header::COOKIE;
 use std::net::IpAddr;
 
@@ -208,12 +207,11 @@ fn sticky_choice(
 fn hash_key(pool: &Pool, conn: &ConnInfo, req: &impl Fields) -> Option<u64> {
     use crate::config::Balance::*;
     match pool.balance {
-        CookieHash => cookie(req, pool.hash_key.as_deref()?.as_bytes()).map(balance::hash),
-        HeaderHash => {
-            let name = HeaderName::from_bytes(pool.hash_key.as_deref()?.as_bytes()).ok()?;
-            let v = req.values(&name).next()?;
-            Some(balance::hash(v))
-        }
+        CookieHash => cookie(req, pool.hash_cookie.as_deref()?.as_bytes()).map(balance::hash),
+        HeaderHash => req
+            .values(pool.hash_header.as_ref()?)
+            .next()
+            .map(balance::hash),
         IpHash => Some(match client(conn, req) {
             IpAddr::V4(a) => balance::hash(&a.octets()),
             IpAddr::V6(a) => balance::hash(&a.octets()),
@@ -331,7 +329,11 @@ impl SetCookies {
 /// as reassigned); a split cookie when the pool was drawn.
 pub fn cookies(record: &mut Record) -> SetCookies {
     let mut set = SetCookies::default();
-    let (Some(snap), Some(p), Some(b)) = (record.snap.clone(), record.pool, record.backend) else {
+    if record.sticky.is_none() && record.split.is_none() {
+        return set;
+    }
+    let (Some(snap), Some(p), Some(b)) = (record.snap.as_deref(), record.pool, record.backend)
+    else {
         return set;
     };
     let tls = record.conn.tls.is_some();
@@ -351,7 +353,7 @@ pub fn cookies(record: &mut Record) -> SetCookies {
         && let Some(r) = record.route
         && let RouteTo::Split(s) = &snap.config.routes[r].to
     {
-        let name = snap.pools[p].name.clone();
+        let name = &snap.pools[p].name;
         set.push(|out| {
             out.extend_from_slice(s.cookie.as_bytes());
             out.push(b'=');
