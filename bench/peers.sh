@@ -38,6 +38,11 @@
 #   e  h2load HTTP/2 over TLS, -c 32 -m 10 (only if the peer negotiates h2)
 #   f  wrk HTTP/1.1 keep-alive POST, 1 KiB JSON body, 64 conns  POST /api/payments/charge (opt-in)
 #   g  wrk HTTP/1.1 keep-alive GET, 16 KiB JSON response, 64 conns  GET /api/products/page (opt-in)
+#   h  load a with a valid sticky cookie on every request, to a sticky pool     GET /api/carts/1 (opt-in)
+#      pool cart (19003,19004): switchyard `sticky: {cookie: sy}`, HAProxy `cookie SY insert indirect
+#      nocache`, nginx `hash $cookie_sy consistent`, Caddy `cookie` policy. Before each run the
+#      harness makes one request and takes the cookie the proxy sets (nginx sets none: sy=bench-user-1);
+#      wrk sends it with -H "Cookie: ...". Compare h with a: the price of stickiness per request.
 #
 # Usage:
 #   bench/peers.sh                   # markdown table on stdout, progress on stderr
@@ -104,6 +109,8 @@ TLS_PORT=18443
 BACKEND_PORTS=(19001 19002 19003 19004 19005 19006)
 BODY_LEN=100
 PATH_UNDER_TEST=/api/products/1
+STICKY_PATH=/api/carts/1          # load h: pool cart, sticky
+STICKY_COOKIE=""                  # load h: the cookie wrk sends, minted per proxy process
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
@@ -298,6 +305,7 @@ $(nginx_temp_paths "$d")
   upstream payment { server 127.0.0.1:19001; server 127.0.0.1:19002; keepalive $UPSTREAM_IDLE; keepalive_requests 100000000; keepalive_timeout 300s; }
   upstream product { server 127.0.0.1:19003; server 127.0.0.1:19004; keepalive $UPSTREAM_IDLE; keepalive_requests 100000000; keepalive_timeout 300s; }
   upstream user    { server 127.0.0.1:19005; server 127.0.0.1:19006; keepalive $UPSTREAM_IDLE; keepalive_requests 100000000; keepalive_timeout 300s; }
+  upstream cart    { hash \$cookie_sy consistent; server 127.0.0.1:19003; server 127.0.0.1:19004; keepalive $UPSTREAM_IDLE; keepalive_requests 100000000; keepalive_timeout 300s; }
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   server {
@@ -310,6 +318,7 @@ $(nginx_temp_paths "$d")
     location /api/payments { proxy_pass http://payment; }
     location /api/products { proxy_pass http://product; }
     location /api/users    { proxy_pass http://user; }
+    location /api/carts    { proxy_pass http://cart; }
     location / { return 404; }
   }
 }
@@ -343,6 +352,7 @@ frontend fe
   use_backend payment if { path_beg /api/payments }
   use_backend product if { path_beg /api/products }
   use_backend user    if { path_beg /api/users }
+  use_backend cart    if { path_beg /api/carts }
   default_backend notfound
 
 backend payment
@@ -363,6 +373,13 @@ backend user
   server s1 127.0.0.1:19005
   server s2 127.0.0.1:19006
 
+backend cart
+  balance roundrobin
+  cookie SY insert indirect nocache
+  http-reuse always
+  server s1 127.0.0.1:19003 cookie s1
+  server s2 127.0.0.1:19004 cookie s2
+
 backend notfound
   http-request return status 404
 EOF
@@ -377,6 +394,10 @@ EOF
     routes+='"load_balancing":{"selection_policy":{"policy":"round_robin"}},'
     routes+='"transport":{"protocol":"http","keep_alive":{"idle_timeout":300000000000,"max_idle_conns_per_host":'$(( (UPSTREAM_IDLE + 1) / 2 ))'}}}]},'
   done
+  routes+='{"match":[{"path":["/api/carts*"]}],"terminal":true,"handle":[{"handler":"reverse_proxy",'
+  routes+='"upstreams":[{"dial":"127.0.0.1:19003"},{"dial":"127.0.0.1:19004"}],'
+  routes+='"load_balancing":{"selection_policy":{"policy":"cookie","name":"sy"}},'
+  routes+='"transport":{"protocol":"http","keep_alive":{"idle_timeout":300000000000,"max_idle_conns_per_host":'$(( (UPSTREAM_IDLE + 1) / 2 ))'}}}]},'
   routes+='{"terminal":true,"handle":[{"handler":"static_response","status_code":404}]}'
   local tickets=true; [[ $TLS_RESUMPTION == on ]] && tickets=false
   cat >"$d/caddy.json" <<EOF
@@ -507,6 +528,7 @@ check_peer() { # routing / round robin / 404 / TLS / h2 / resumption, once per p
   if [[ $TLS_RESUMPTION == off && ${RESUMES[$peer]} == Reused ]]; then
     log "CHECK $peer: TLS session was resumed although TLS_RESUMPTION=off (load d is then not full handshakes)"
   fi
+  if [[ " $LOADS " == *" h "* ]]; then check_sticky "$peer" || ok=0; fi
   local cpus="" q
   for q in $PROXY_PID $(descendants "$PROXY_PID"); do
     cpus+=" $(awk '/^Cpus_allowed_list:/ {print $2}' "/proc/$q/status" 2>/dev/null)"
@@ -515,6 +537,28 @@ check_peer() { # routing / round robin / 404 / TLS / h2 / resumption, once per p
   [[ $cpus == "$PROXY_CPU" ]] || log "CHECK $peer: proxy processes allowed on CPUs [$cpus], expected [$PROXY_CPU]"
   log "check $peer: routing/round-robin/404/tls $([[ $ok == 1 ]] && echo OK || echo FAILED), h2=${H2_OK[$peer]}, 2nd TLS handshake=${RESUMES[$peer]}, pinned to CPU [$cpus]"
   CHECKED[$peer]=$ok
+}
+
+# Load h: the sticky cookie the running proxy gives a new user of pool cart, as "name=value";
+# nginx's `hash $cookie_sy` sets none, and any value is valid for it.
+mint_cookie() {
+  local c
+  c=$(curl -s -D - -o /dev/null "http://127.0.0.1:$HTTP_PORT$STICKY_PATH" | tr -d '\r' \
+      | sed -n 's/^[Ss]et-[Cc]ookie: *\(\(sy\|SY\)=[^;]*\).*/\1/p' | head -1)
+  echo "${c:-sy=bench-user-1}"
+}
+
+check_sticky() { # $1 = peer: with the minted cookie, /api/carts always reaches one backend and gets no new cookie
+  local peer=$1 c i got set
+  c=$(mint_cookie)
+  got=$(for i in 1 2 3 4; do curl -s -H "Cookie: $c" "http://127.0.0.1:$HTTP_PORT/api/carts/$i"; echo; done \
+        | sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' | sort -u | paste -sd, -)
+  set=$(curl -s -D - -o /dev/null -H "Cookie: $c" "http://127.0.0.1:$HTTP_PORT$STICKY_PATH" | tr -d '\r' | grep -ci '^set-cookie:' || true)
+  if [[ $got != 1900[34] || $set != 0 ]]; then
+    log "CHECK $peer: sticky /api/carts with '$c' hit backends [$got] (want one of 19003,19004), $set Set-Cookie (want 0)"
+    return 1
+  fi
+  log "check $peer: sticky cookie '${c:0:24}...' keeps /api/carts on $got, no new Set-Cookie"
 }
 
 # ---------------------------------------------------------------- measurement helpers
@@ -598,6 +642,7 @@ client_cmd() { # sets CLIENT_ARGS; $1 = load, $2 = duration (s), $3 = http base 
     d) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency -H "Connection: close" "$https$PATH_UNDER_TEST") ;;
     f) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency -s "$WORK/post.lua" "${http}/api/payments/charge") ;;
     g) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency "${http}/api/products/page") ;;
+    h) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency -H "Cookie: $STICKY_COOKIE" "$http$STICKY_PATH") ;;
     e) CLIENT_ARGS=(h2load -t1 -c32 -m10 -D "$dur")
        [[ -n ${5:-} ]] && CLIENT_ARGS+=("--log-file=$5")
        CLIENT_ARGS+=("$https$PATH_UNDER_TEST") ;;
@@ -643,6 +688,7 @@ measure_once() { # $1 = rep, $2 = load, $3 = peer ("no-proxy" = straight at the 
     http="http://127.0.0.1:$HTTP_PORT"; https="https://127.0.0.1:$TLS_PORT"
   fi
   [[ $load == e ]] && h2log=$WORK/runs/$tag.h2log
+  [[ $load == h ]] && STICKY_COOKIE=$(mint_cookie)   # this process's cookie, before the warm-up
 
   # warm-up (discarded)
   local tw; tw=$(awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "tw") print $(i + 1) }' /proc/net/sockstat)
@@ -708,6 +754,16 @@ paired() { # $1 load, $2 peer, $3 CSV column -> "median min max" of per-rep rati
             print m, x[1], x[NR] }'
 }
 
+across() { # $1 peer, $2 CSV column -> "median min max" of per-rep ratios load h / load a of that peer
+  awk -F, -v p="$1" -v c="$2" '
+    NR > 1 && $3 == p && $c != "NA" && $c != "" { if ($2 == "a") a[$1] = $c; if ($2 == "h") h[$1] = $c }
+    END { for (r in h) if ((r in a) && a[r] > 0) print h[r] / a[r] }' "$CSV" \
+  | sort -g | awk '{ x[NR] = $1 }
+      END { if (!NR) { print "NA NA NA"; exit }
+            m = (NR % 2) ? x[(NR + 1) / 2] : (x[NR / 2] + x[NR / 2 + 1]) / 2
+            print m, x[1], x[NR] }'
+}
+
 load_desc() {
   case $1 in
     a) echo "HTTP/1.1 keep-alive, wrk -t1 -c64, :$HTTP_PORT" ;;
@@ -717,6 +773,7 @@ load_desc() {
     e) echo "HTTP/2 over TLS, h2load -t1 -c32 -m10, :$TLS_PORT" ;;
     f) echo "HTTP/1.1 keep-alive POST with a 1 KiB JSON body (Content-Length), wrk -t1 -c64, :$HTTP_PORT/api/payments/charge" ;;
     g) echo "HTTP/1.1 keep-alive GET of a 16 KiB JSON response, wrk -t1 -c64, :$HTTP_PORT/api/products/page" ;;
+    h) echo "load a with a valid sticky cookie on every request (wrk -H 'Cookie: ...', minted per proxy process), sticky pool cart, :$HTTP_PORT$STICKY_PATH" ;;
   esac
 }
 
@@ -777,6 +834,15 @@ report() {
   echo "- new TCP conns/req = kernel TCP ActiveOpens during the run / requests (client->proxy plus proxy->backend connects; ~0 means full keep-alive, ~1 in load d = one client connection per request, anything above that is upstream churn)."
   echo "- RSS = VmRSS right after the measured run, HWM = VmHWM (peak), both summed over the proxy's processes (nginx: master + worker)."
   echo "- Latency: wrk --latency percentiles; h2load per-request log for load e. In load d, wrk starts the clock when the request is written, so the TLS handshake is not in p50/p99."
+  if [[ " $LOADS " == *" a "* && " $LOADS " == *" h "* ]]; then
+    local hr hr_lo hr_hi hu hu_lo hu_hi line=""
+    for peer in $PEERS; do
+      read -r hr hr_lo hr_hi < <(across "$peer" 4)
+      read -r hu hu_lo hu_hi < <(across "$peer" 15)
+      line+=" $peer req/s $(fmt "$hr" '%.2f') ($(fmt "$hr_lo" '%.2f')-$(fmt "$hr_hi" '%.2f')), CPU/req $(fmt "$hu" '%.2f') ($(fmt "$hu_lo" '%.2f')-$(fmt "$hu_hi" '%.2f'));"
+    done
+    echo "- Stickiness (load h / load a of the same peer, median over reps (range)):${line%;}."
+  fi
   local ot otmax
   ot=$(awk -F, 'NR > 1 && $18 != "NA" && $18 != "" {print $18}' "$CSV" | median)
   otmax=$(awk -F, 'NR > 1 && $18 != "NA" && $18 != "" {print $18}' "$CSV" | sort -g | tail -1)
