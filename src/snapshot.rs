@@ -18,9 +18,9 @@ pub struct Snapshot {
     pub router: Router,
     /// In config order; a route's pool indices index this.
     pub pools: Vec<Pool>,
-    /// By route: the proxy's own cookies its requests may carry (its split cookie and the
-    /// sticky cookies of its pools), which never reach a backend.
-    pub cookies: Vec<Box<[Box<[u8]>]>>,
+    /// The proxy's own cookies (every split cookie and sticky cookie): browsers send them
+    /// with every request (`Path=/`), and none of them reaches a backend.
+    pub cookies: Box<[Box<[u8]>]>,
 }
 
 impl Snapshot {
@@ -36,26 +36,20 @@ impl Snapshot {
                 Pool::compile(p, old, config.sticky_secret.as_ref())
             })
             .collect::<Vec<Pool>>();
-        let cookies = config
-            .routes
+        let mut cookies: Vec<Box<[u8]>> = Vec::new();
+        let splits = config.routes.iter().filter_map(|r| match &r.to {
+            crate::config::RouteTo::Split(s) => Some(s.cookie.as_bytes()),
+            crate::config::RouteTo::Pool(_) => None,
+        });
+        let sticky = pools
             .iter()
-            .map(|r| {
-                let split = match &r.to {
-                    crate::config::RouteTo::Split(s) => Some(s.cookie.as_bytes()),
-                    crate::config::RouteTo::Pool(_) => None,
-                };
-                let sticky =
-                    r.to.pools()
-                        .filter_map(|p| pools[p].sticky.as_ref().map(|s| s.cookie.as_bytes()));
-                let mut names: Vec<Box<[u8]>> = Vec::new();
-                for n in split.into_iter().chain(sticky) {
-                    if !names.iter().any(|x| **x == *n) {
-                        names.push(n.into());
-                    }
-                }
-                names.into_boxed_slice()
-            })
-            .collect();
+            .filter_map(|p| p.sticky.as_ref().map(|s| s.cookie.as_bytes()));
+        for n in splits.chain(sticky) {
+            if !cookies.iter().any(|x| **x == *n) {
+                cookies.push(n.into());
+            }
+        }
+        let cookies = cookies.into_boxed_slice();
         Snapshot {
             config,
             router,

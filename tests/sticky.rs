@@ -591,3 +591,34 @@ async fn a_draining_backend_keeps_its_sticky_users_and_gets_no_new_ones() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
+
+/// A sticky pool and a plain one, on two paths.
+const TWO_POOLS: &str = r#"
+listeners: [{name: web, bind: "{listen}"}]
+access_log: off
+sticky_secret_env: SY_TEST_SECRET
+pools:
+  p:
+    sticky: {cookie: sy}
+    backends: [{addr: "{a}"}, {addr: "{b}"}]
+  plain:
+    backends: [{addr: "{c}"}]
+routes:
+  - {name: plain, match: {prefix: /plain}, pool: plain}
+  - {name: all, pool: p}
+"#;
+
+#[tokio::test]
+async fn the_sticky_cookie_is_kept_from_every_backend_not_only_its_pools() {
+    let (_bs, at) = backends().await;
+    let proxy = Proxy::start_with_env(TWO_POOLS, &at, 1, &[(SECRET_ENV, KEY)]).await;
+    let c = support::client();
+    let first = ask(&c, &format!("http://{}", proxy.addr), "").await;
+    let token = first.cookie("sy").expect("a token").to_string();
+    // The browser sends it to every path (Path=/): the plain pool's backend never sees it.
+    let cookie = format!("app=1; sy={token}");
+    let got = get_with(&c, &proxy.url("/plain/x"), &[("cookie", &cookie)]).await;
+    assert_eq!(got.header("x-backend"), "c");
+    assert_eq!(cookie_upstream(&got), "app=1");
+    assert!(got.set_cookies().is_empty(), "{:?}", got.set_cookies());
+}

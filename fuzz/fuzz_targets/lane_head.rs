@@ -16,12 +16,13 @@ const CONFIG: &str = r#"
 listeners: [{name: web, bind: "127.0.0.1:0"}]
 access_log: off
 pools:
-  p: {backends: [{addr: "127.0.0.1:9"}]}
-  q: {backends: [{addr: "127.0.0.1:10"}]}
+  p: {backends: [{addr: "127.0.0.1:9"}, {addr: "127.0.0.1:11"}], sticky: {cookie: sy}}
+  q: {backends: [{addr: "127.0.0.1:10"}], balance: cookie_hash, hash_key: k}
 routes:
   - {name: api, match: {host: shop.test, prefix: /api, methods: [GET, POST]}, pool: p}
   - {name: canary, match: {prefix: /c, headers: {x-canary: "1"}, cookies: {b: "y"}}, pool: q}
   - {name: user, match: {path: "/users/{id}"}, pool: q}
+  - {name: ab, match: {prefix: /ab}, split: {cookie: sy_ab, pools: [{pool: p, weight: 9}, {pool: q, weight: 1}]}}
   - {name: all, pool: p}
 "#;
 
@@ -61,6 +62,9 @@ fuzz_target!(|data: &[u8]| {
         chunked,
         length: h.length,
         upgrade: !h.has_body(),
+        keep_forwarded_for: true,
+        strip: d.strip(&SNAP),
+        join_cookies: false,
     });
     let mut up = Vec::new();
     d.request_line(&h.method, &mut up);
@@ -78,4 +82,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(codings == 1, chunked);
     assert_eq!(lengths == 1, !chunked && h.length.is_some());
     assert_eq!(count("host") <= 1, true);
+    // The proxy's own cookies never reach a backend.
+    for f in r.headers.iter().filter(|f| f.name.eq_ignore_ascii_case("cookie")) {
+        for pair in switchyard::proxy::choose::pairs(f.value) {
+            assert!(pair.name != b"sy" && pair.name != b"sy_ab", "{:?}", String::from_utf8_lossy(&up));
+        }
+    }
 });

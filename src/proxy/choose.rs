@@ -53,8 +53,6 @@ pub struct StickyChoice {
     pub token_backend: Option<usize>,
     /// The token was signed by an older key: the response re-signs it.
     pub old_key: bool,
-    /// The request carried the cookie: stripped upstream.
-    pub sent: bool,
 }
 
 /// The outcome of a sticky decision (`switchyard_sticky_decisions_total{result}`).
@@ -83,7 +81,7 @@ impl StickyResult {
 }
 
 /// Choose the pool and first backend for a request to `to`, in `pools`, that arrived on
-/// `conn`; `own` are the proxy's cookies on the route (see `Snapshot::cookies`).
+/// `conn`; `own` are the proxy's cookies (see `Snapshot::cookies`).
 pub fn choose(
     pools: &[Pool],
     to: &RouteTo,
@@ -91,28 +89,26 @@ pub fn choose(
     conn: &ConnInfo,
     req: &impl Fields,
 ) -> Result<Choice, ProxyError> {
-    let (p, split, strip) = match to {
-        RouteTo::Pool(p) => (*p, None, false),
+    let (p, split) = match to {
+        RouteTo::Pool(p) => (*p, None),
         RouteTo::Split(s) => {
             let (p, c) = split(pools, s, req);
-            // Any pool's sticky cookie, not only the chosen one's: a user who moved
-            // between variants still carries the other.
-            let sent = !own.is_empty()
-                && req
-                    .values(&COOKIE)
-                    .flat_map(pairs)
-                    .any(|pair| own.iter().any(|n| **n == *pair.name));
-            (p, Some(c), sent)
+            (p, Some(c))
         }
     };
+    // Any of them, not only this route's: the browser sends every pool's token and every
+    // split's cookie to every path.
+    let strip = !own.is_empty()
+        && req
+            .values(&COOKIE)
+            .flat_map(pairs)
+            .any(|pair| own.iter().any(|n| **n == *pair.name));
     let pool = &pools[p];
     let key = hash_key(pool, conn, req);
     let mut sticky = None;
-    let mut strip = strip;
     if let Some(st) = &pool.sticky {
         let (c, hit) = sticky_choice(pool, st, req);
         sticky = Some(c);
-        strip |= c.sent;
         if let Some(backend) = hit {
             return Ok(Choice {
                 pool: p,
@@ -180,7 +176,6 @@ fn sticky_choice(
         result: StickyResult::New,
         token_backend: None,
         old_key: false,
-        sent: sent.is_some(),
     };
     let Some(token) = sent else {
         return (c, None);

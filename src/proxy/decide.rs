@@ -126,11 +126,11 @@ pub struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    /// The proxy's own cookies, which the backend must not get: the route's, when the
-    /// request carried any of them.
+    /// The proxy's own cookies, which the backend must not get, when the request carried
+    /// any of them.
     pub fn strip<'s>(&self, snap: &'s Snapshot) -> Strip<'s> {
         match self.choice.strip {
-            true => Strip::new(&snap.cookies[self.route]),
+            true => Strip::new(&snap.cookies),
             false => Strip::default(),
         }
     }
@@ -191,7 +191,7 @@ pub fn decide<'a>(
             limit: body_limit,
         }));
     }
-    let choice = choose::choose(&snap.pools, &r.to, &snap.cookies[route], conn, req)?;
+    let choice = choose::choose(&snap.pools, &r.to, &snap.cookies, conn, req)?;
     Ok(Decision::Forward(Forward {
         raw_host,
         host,
