@@ -27,11 +27,22 @@ done
 ((ready)) || fail "demo not ready after 10s"
 
 c() { curl -sS -m 5 "$@"; }
-backend() { c -o /dev/null -D - "$1" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-backend" {print $2}'; }
+backend() { c -o /dev/null -D - "$@" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-backend" {print $2}'; }
 
 seen=""
-for _ in 1 2 3 4; do seen+="$(backend http://127.0.0.1:8080/api/products/1) "; done
+# The split cookie forces the product pool (it is a 90/10 canary split), then round robin.
+for _ in 1 2 3 4; do seen+="$(backend -b sy_ab_products=product http://127.0.0.1:8080/api/products/1) "; done
 [[ $seen == *product-1* && $seen == *product-2* ]] || fail "round robin over product: $seen"
+[[ $(backend -b sy_ab_products=product_v2 http://127.0.0.1:8080/api/products/1) == product_v2-1 ]] || fail "forced canary"
+# Stickiness from a real cookie jar: the second request goes where the first went, no new cookie.
+jar=$(mktemp)
+first=$(backend -c "$jar" -b "$jar" http://127.0.0.1:8080/api/payments/7)
+grep -q sy_payment "$jar" || fail "no sticky cookie in the jar"
+for _ in 1 2 3; do
+  [[ $(backend -c "$jar" -b "$jar" http://127.0.0.1:8080/api/payments/7) == "$first" ]] || fail "sticky: left $first"
+done
+c -o /dev/null -D - -b "$jar" http://127.0.0.1:8080/api/payments/7 | grep -qi '^set-cookie' && fail "a valid token got a new cookie"
+rm -f "$jar"
 [[ $(backend http://127.0.0.1:8080/api/payments/7) == payment-* ]] || fail "payments route"
 [[ $(backend http://127.0.0.1:8080/api/users/7) == user-* ]] || fail "users route"
 [[ $(c -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/nope) == 404 ]] || fail "404"
