@@ -374,11 +374,12 @@ backend user
   server s2 127.0.0.1:19006
 
 backend cart
+  # load h sends every request to one server (one cookie): it may keep the pool's whole idle cap
   balance roundrobin
   cookie SY insert indirect nocache
   http-reuse always
-  server s1 127.0.0.1:19003 cookie s1
-  server s2 127.0.0.1:19004 cookie s2
+  server s1 127.0.0.1:19003 cookie s1 pool-max-conn $UPSTREAM_IDLE
+  server s2 127.0.0.1:19004 cookie s2 pool-max-conn $UPSTREAM_IDLE
 
 backend notfound
   http-request return status 404
@@ -397,7 +398,7 @@ EOF
   routes+='{"match":[{"path":["/api/carts*"]}],"terminal":true,"handle":[{"handler":"reverse_proxy",'
   routes+='"upstreams":[{"dial":"127.0.0.1:19003"},{"dial":"127.0.0.1:19004"}],'
   routes+='"load_balancing":{"selection_policy":{"policy":"cookie","name":"sy"}},'
-  routes+='"transport":{"protocol":"http","keep_alive":{"idle_timeout":300000000000,"max_idle_conns_per_host":'$(( (UPSTREAM_IDLE + 1) / 2 ))'}}}]},'
+  routes+='"transport":{"protocol":"http","keep_alive":{"idle_timeout":300000000000,"max_idle_conns_per_host":'$UPSTREAM_IDLE'}}}]},'
   routes+='{"terminal":true,"handle":[{"handler":"static_response","status_code":404}]}'
   local tickets=true; [[ $TLS_RESUMPTION == on ]] && tickets=false
   cat >"$d/caddy.json" <<EOF
