@@ -8,7 +8,10 @@
 //!
 //! The backend id is a keyed hash of the backend's address, never the address itself; the
 //! tag covers everything before it, truncated to 128 bits (RFC 2104 §5 allows half the
-//! output and more), and is compared in constant time. Each key of `sticky_secret_env` is
+//! output and more), and is compared in constant time. HMAC is the `hmac` and `sha2`
+//! crates: a keyed state is cloned per token (two SHA-256 blocks, SHA-NI where the CPU
+//! has it), where aws-lc's API copies and frees a whole context per call (measured:
+//! bench/README.md). Each key of `sticky_secret_env` is
 //! first turned into a key for this pool (HMAC of the pool's name), so a token of one pool
 //! never verifies in another and no two pools share backend ids. The first key signs; every
 //! key verifies, found by its id, so keys rotate without breaking sessions: put the new key
@@ -17,9 +20,10 @@
 //! a restart, reads a token the same way.
 
 use crate::config::{self, Secret};
-use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,9 +46,23 @@ pub struct Sticky {
     keys: Box<[Key]>,
 }
 
+type HmacSha256 = Hmac<Sha256>;
+
+/// A keyed HMAC state (any key length is accepted).
+fn keyed(key: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+/// The HMAC of `data` under the keyed state `mac`.
+fn sign(mac: &HmacSha256, data: &[u8]) -> [u8; 32] {
+    let mut m = mac.clone();
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
 struct Key {
     id: [u8; 4],
-    mac: hmac::Key,
+    mac: HmacSha256,
     /// (backend id, backend index), sorted by id.
     ids: Box<[(u64, u32)]>,
     /// Backend index -> id.
@@ -77,29 +95,28 @@ impl Sticky {
         let secrets: &[Arc<[u8]>] = match secret {
             Some(s) => &s.keys,
             None => {
-                let digest = aws_lc_rs::digest::digest(
-                    &aws_lc_rs::digest::SHA256,
-                    format!("switchyard sticky default key\0{pool}").as_bytes(),
-                );
-                fallback = [Arc::from(digest.as_ref())];
+                let digest = Sha256::digest(format!("switchyard sticky default key\0{pool}"));
+                fallback = [Arc::from(&digest[..])];
                 &fallback
             }
         };
         let keys = secrets
             .iter()
             .map(|secret| {
-                let base = hmac::Key::new(hmac::HMAC_SHA256, secret);
-                let derived = hmac::sign(&base, format!("switchyard sticky v1\0{pool}").as_bytes());
-                let mac = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+                let derived = sign(
+                    &keyed(secret),
+                    format!("switchyard sticky v1\0{pool}").as_bytes(),
+                );
+                let mac = keyed(&derived);
                 let mut id = [0u8; 4];
-                id.copy_from_slice(&hmac::sign(&mac, b"key id").as_ref()[..4]);
+                id.copy_from_slice(&sign(&mac, b"key id")[..4]);
                 let by_index: Box<[u64]> = labels
                     .clone()
                     .map(|label| {
                         let mut msg = b"backend\0".to_vec();
                         msg.extend_from_slice(label.as_bytes());
-                        let tag = hmac::sign(&mac, &msg);
-                        u64::from_be_bytes(tag.as_ref()[..8].try_into().expect("8 bytes"))
+                        let tag = sign(&mac, &msg);
+                        u64::from_be_bytes(tag[..8].try_into().expect("8 bytes"))
                     })
                     .collect();
                 let mut ids: Vec<(u64, u32)> = by_index
@@ -142,13 +159,10 @@ impl Sticky {
         else {
             return Verdict::Invalid;
         };
-        let tag = hmac::sign(&key.mac, &raw[..SIGNED]);
-        if aws_lc_rs::constant_time::verify_slices_are_equal(
-            &tag.as_ref()[..RAW_LEN - SIGNED],
-            &raw[SIGNED..RAW_LEN],
-        )
-        .is_err()
-        {
+        let mut m = key.mac.clone();
+        m.update(&raw[..SIGNED]);
+        // Constant time, over the tag's first 16 bytes.
+        if m.verify_truncated_left(&raw[SIGNED..RAW_LEN]).is_err() {
             return Verdict::Invalid;
         }
         let issued = u64::from(u32::from_be_bytes(raw[5..9].try_into().expect("4 bytes")));
@@ -178,8 +192,8 @@ impl Sticky {
         raw[1..5].copy_from_slice(&key.id);
         raw[5..9].copy_from_slice(&(now as u32).to_be_bytes());
         raw[9..17].copy_from_slice(&key.by_index[backend].to_be_bytes());
-        let tag = hmac::sign(&key.mac, &raw[..SIGNED]);
-        raw[SIGNED..].copy_from_slice(&tag.as_ref()[..RAW_LEN - SIGNED]);
+        let tag = sign(&key.mac, &raw[..SIGNED]);
+        raw[SIGNED..].copy_from_slice(&tag[..RAW_LEN - SIGNED]);
         let mut out = [0u8; TOKEN_LEN];
         let n = URL_SAFE_NO_PAD
             .encode_slice(raw, &mut out)
@@ -348,6 +362,27 @@ mod tests {
             reordered.verify(&t, 10),
             Verdict::Valid {
                 backend: Some(0),
+                old_key: false
+            }
+        );
+    }
+
+    #[test]
+    fn tokens_are_the_same_across_releases() {
+        // Made by the build that signed with aws-lc: a fleet mid-upgrade, and users'
+        // cookies from before it, must read the same.
+        let s = Sticky::new(
+            &cfg(None),
+            "payment",
+            ["127.0.0.1:9001", "127.0.0.1:9002"].into_iter(),
+            Some(&secret(&["k1"])),
+        );
+        let golden = b"Ack4xp1lU_EAq9CQSScnNHjFhiR4EypGlbOD9jjN70GU";
+        assert_eq!(&s.token(1, 1_700_000_000), golden);
+        assert_eq!(
+            s.verify(golden, 1_700_000_000),
+            Verdict::Valid {
+                backend: Some(1),
                 old_key: false
             }
         );
