@@ -204,14 +204,13 @@ impl Conditions {
     }
 }
 
-/// True when a `Cookie` header of the request carries `name=value`.
+/// True when a `Cookie` header of the request carries `name=value` (read as sticky and
+/// split cookies are: [`crate::proxy::choose::pairs`]).
 fn has_cookie(req: &impl Fields, name: &str, value: &str) -> bool {
     req.values(&http::header::COOKIE)
         .filter(|v| crate::wire::is_visible(v))
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .flatten()
-        .any(|c| c.name() == name && c.value() == value)
+        .flat_map(crate::proxy::choose::pairs)
+        .any(|c| c.name == name.as_bytes() && c.value == value.as_bytes())
 }
 
 impl Bucket {
