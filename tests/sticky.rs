@@ -558,22 +558,13 @@ fn explain_names_the_backend_of_a_valid_token() {
     assert_eq!(code, Some(1));
 }
 
-/// [`FLEET`] with backend `b` draining.
-const DRAINING: &str = r#"
-listeners: [{name: web, bind: "{listen}"}]
-access_log: off
-sticky_secret_env: SY_TEST_SECRET
-pools:
-  p:
-    sticky: {cookie: sy}
-    backends: [{addr: "{a}"}, {addr: "{b}", drain: true}, {addr: "{c}"}]
-routes: [{name: all, pool: p}]
-"#;
-
 #[tokio::test]
 async fn a_draining_backend_keeps_its_sticky_users_and_gets_no_new_ones() {
     let (_bs, at) = backends().await;
-    let proxy = Proxy::start_with_env(DRAINING, &at, 1, &[(SECRET_ENV, KEY)]).await;
+    // FLEET with backend `b` draining.
+    let draining = FLEET.replace(r#"{addr: "{b}"}"#, r#"{addr: "{b}", drain: true}"#);
+    assert_ne!(draining, FLEET);
+    let proxy = Proxy::start_with_env(&draining, &at, 1, &[(SECRET_ENV, KEY)]).await;
     let c = support::client();
     let base = format!("http://{}", proxy.addr);
     let addrs: Vec<SocketAddr> = at.iter().map(|(_, a)| *a).collect();

@@ -180,8 +180,7 @@ pub async fn forward(
                 };
                 match conn.exchange(x, wait).await {
                     Ok(head) => {
-                        record.answered();
-                        observe(state, sent_at);
+                        arrived(record, state, sent_at);
                         return Ok(Answer {
                             inbound: Inbound::H1 { head, conn },
                             in_flight,
@@ -208,8 +207,7 @@ pub async fn forward(
                 match wait.head(h2::send(&mut sender, r)).await {
                     None => (Failure::Late, reused, false),
                     Some(Ok(resp)) => {
-                        record.answered();
-                        observe(state, sent_at);
+                        arrived(record, state, sent_at);
                         return Ok(Answer {
                             inbound: Inbound::H2(Box::new(resp)),
                             in_flight,
@@ -264,8 +262,14 @@ pub async fn forward(
     }
 }
 
-/// Feed the latency EWMA the wait for a response head that began at `sent_at`.
-fn observe(state: &crate::pool::BackendState, sent_at: Option<std::time::Instant>) {
+/// A response head arrived: note it in the record, and feed the latency EWMA the wait
+/// that began at `sent_at` (when the pool times its backends).
+fn arrived(
+    record: &mut Record,
+    state: &crate::pool::BackendState,
+    sent_at: Option<std::time::Instant>,
+) {
+    record.answered();
     if let Some(at) = sent_at {
         let now = crate::clock::now();
         state
