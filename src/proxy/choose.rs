@@ -89,25 +89,22 @@ pub fn choose(
     conn: &ConnInfo,
     req: &impl Fields,
 ) -> Result<Choice, ProxyError> {
+    let jar = Jar::read(own, req);
     let (p, split) = match to {
         RouteTo::Pool(p) => (*p, None),
         RouteTo::Split(s) => {
-            let (p, c) = split(pools, s, req);
+            let (p, c) = split(pools, s, &jar, req);
             (p, Some(c))
         }
     };
     // Any of them, not only this route's: the browser sends every pool's token and every
     // split's cookie to every path.
-    let strip = !own.is_empty()
-        && req
-            .values(&COOKIE)
-            .flat_map(pairs)
-            .any(|pair| own.iter().any(|n| **n == *pair.name));
+    let strip = jar.any;
     let pool = &pools[p];
     let key = hash_key(pool, conn, req);
     let mut sticky = None;
     if let Some(st) = &pool.sticky {
-        let (c, hit) = sticky_choice(pool, st, req);
+        let (c, hit) = sticky_choice(pool, st, &jar, req);
         sticky = Some(c);
         if let Some(backend) = hit {
             return Ok(Choice {
@@ -142,8 +139,13 @@ pub fn choose(
 }
 
 /// The split's pool: the one its cookie names, else one drawn by weight.
-fn split(pools: &[Pool], s: &Split, req: &impl Fields) -> (usize, SplitChoice) {
-    let sent = cookie(req, s.cookie.as_bytes());
+fn split<'r>(
+    pools: &[Pool],
+    s: &Split,
+    jar: &Jar<'_, 'r>,
+    req: &'r impl Fields,
+) -> (usize, SplitChoice) {
+    let sent = jar.get(s.cookie.as_bytes(), req);
     if let Some(v) = sent
         && let Some(&(p, _)) = s
             .pools
@@ -166,12 +168,13 @@ fn split(pools: &[Pool], s: &Split, req: &impl Fields) -> (usize, SplitChoice) {
 }
 
 /// Read the pool's sticky cookie; the backend when the token holds.
-fn sticky_choice(
+fn sticky_choice<'r>(
     pool: &Pool,
     st: &sticky::Sticky,
-    req: &impl Fields,
+    jar: &Jar<'_, 'r>,
+    req: &'r impl Fields,
 ) -> (StickyChoice, Option<usize>) {
-    let sent = cookie(req, st.cookie.as_bytes());
+    let sent = jar.get(st.cookie.as_bytes(), req);
     let mut c = StickyChoice {
         result: StickyResult::New,
         token_backend: None,
@@ -244,6 +247,49 @@ pub fn client(conn: &ConnInfo, req: &impl Fields) -> IpAddr {
         }
     }
     client
+}
+
+/// The proxy's own cookies in a request, read in one pass over its `Cookie` fields.
+struct Jar<'o, 'r> {
+    own: &'o [Box<[u8]>],
+    /// The first value of each of the first [`JAR`] names of `own`.
+    values: [Option<&'r [u8]>; JAR],
+    /// The request carries at least one of them.
+    any: bool,
+}
+
+/// How many of the proxy's cookie names a [`Jar`] keeps; a config with more reads the
+/// rest with [`cookie`].
+const JAR: usize = 8;
+
+impl<'o, 'r> Jar<'o, 'r> {
+    fn read(own: &'o [Box<[u8]>], req: &'r impl Fields) -> Jar<'o, 'r> {
+        let mut jar = Jar {
+            own,
+            values: [None; JAR],
+            any: false,
+        };
+        if own.is_empty() {
+            return jar;
+        }
+        for pair in req.values(&COOKIE).flat_map(pairs) {
+            if let Some(i) = own.iter().position(|n| **n == *pair.name) {
+                jar.any = true;
+                if let Some(v @ None) = jar.values.get_mut(i) {
+                    *v = Some(pair.value);
+                }
+            }
+        }
+        jar
+    }
+
+    /// The first value of the cookie `name`, one of the proxy's.
+    fn get(&self, name: &[u8], req: &'r impl Fields) -> Option<&'r [u8]> {
+        match self.own.iter().position(|n| **n == *name) {
+            Some(i) if i < JAR => self.values[i],
+            _ => cookie(req, name),
+        }
+    }
 }
 
 /// The value of the first cookie called `name` in the request's `Cookie` fields.
@@ -364,6 +410,32 @@ pub fn cookies(record: &mut Record) -> SetCookies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_jar_finds_each_own_cookie_in_one_pass_and_more_than_it_keeps_by_a_scan() {
+        let own: Vec<Box<[u8]>> = (0..JAR + 2)
+            .map(|i| format!("c{i}").into_bytes().into())
+            .collect();
+        let req = http::Request::builder()
+            .header(COOKIE, "x=1; c1=a")
+            .header(COOKIE, "c1=second; c9=z; c0=b")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let jar = Jar::read(&own, &req);
+        assert!(jar.any);
+        assert_eq!(jar.get(b"c0", &req), Some(&b"b"[..]));
+        assert_eq!(
+            jar.get(b"c1", &req),
+            Some(&b"a"[..]),
+            "the first value counts"
+        );
+        assert_eq!(jar.get(b"c9", &req), Some(&b"z"[..]), "beyond the jar");
+        assert_eq!(jar.get(b"c2", &req), None);
+        let none = Jar::read(&own[2..3], &req);
+        assert!(!none.any, "c2 is not sent");
+    }
 
     #[test]
     fn pairs_split_as_the_cookie_crate_does() {
