@@ -10,7 +10,7 @@ use http::{Method, Version};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::SystemTime;
 
@@ -19,7 +19,9 @@ const QUEUE: usize = 16 * 1024;
 /// Hands finished entries to the writer thread.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<Box<Entry>>>,
+    tx: SyncSender<Box<Entry>>,
+    /// The format now (a reload may change it): `off` sends nothing.
+    format: Arc<AtomicU8>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -52,33 +54,53 @@ impl AccessLog {
     /// Start the writer thread for `format`, writing to `out` (tests read the log so).
     pub fn start_to(format: AccessLogFormat, out: Box<dyn Write + Send>) -> AccessLog {
         let dropped = Arc::new(AtomicU64::new(0));
-        if format == AccessLogFormat::Off {
-            return AccessLog { tx: None, dropped };
-        }
         let (tx, rx) = sync_channel(QUEUE);
         let d = dropped.clone();
+        let log = AccessLog {
+            tx,
+            format: Arc::new(AtomicU8::new(code(format))),
+            dropped,
+        };
+        let f = log.format.clone();
+        // Started even when `off`: a reload may turn the log on.
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, format, &d, out))
+            .spawn(move || write_loop(rx, &f, &d, out))
             .expect("cannot start the access log thread");
-        AccessLog {
-            tx: Some(tx),
-            dropped,
-        }
+        log
     }
 
     /// Whether entries are wanted at all.
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.format.load(Relaxed) != code(AccessLogFormat::Off)
+    }
+
+    /// Write lines in `format` from now on (a reload); the previous format.
+    pub fn set_format(&self, format: AccessLogFormat) -> AccessLogFormat {
+        decode(self.format.swap(code(format), Relaxed))
     }
 
     /// Queue `entry` for the writer; dropped (and counted) if it is that far behind.
     pub fn send(&self, entry: Box<Entry>) {
-        if let Some(tx) = &self.tx
-            && let Err(TrySendError::Full(_)) = tx.try_send(entry)
-        {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(entry) {
             self.dropped.fetch_add(1, Relaxed);
         }
+    }
+}
+
+fn code(f: AccessLogFormat) -> u8 {
+    match f {
+        AccessLogFormat::Off => 0,
+        AccessLogFormat::Json => 1,
+        AccessLogFormat::Common => 2,
+    }
+}
+
+fn decode(c: u8) -> AccessLogFormat {
+    match c {
+        0 => AccessLogFormat::Off,
+        2 => AccessLogFormat::Common,
+        _ => AccessLogFormat::Json,
     }
 }
 
@@ -107,7 +129,7 @@ impl Entry {
 
 fn write_loop(
     rx: Receiver<Box<Entry>>,
-    format: AccessLogFormat,
+    format: &AtomicU8,
     dropped: &AtomicU64,
     out: Box<dyn Write + Send>,
 ) {
@@ -117,9 +139,11 @@ fn write_loop(
     let mut next = rx.recv().ok();
     while let Some(e) = next {
         line.clear();
-        match format {
+        match decode(format.load(Relaxed)) {
             AccessLogFormat::Common => common(&e, &mut line),
-            _ => json(&e, &mut line),
+            AccessLogFormat::Json => json(&e, &mut line),
+            // Turned off by a reload while the entry was queued: nothing is written.
+            AccessLogFormat::Off => {}
         }
         let _ = out.write_all(&line);
         next = match rx.try_recv() {

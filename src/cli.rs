@@ -316,6 +316,9 @@ fn run(args: &RunArgs, demo: bool) -> anyhow::Result<()> {
         if demo {
             print_tour(&server, &config);
         }
+        let reloader =
+            crate::reload::Reloader::new(path.clone(), server.control(), server.shared());
+        tokio::spawn(reloader.run());
         server.run(shutdown_signal()).await;
         Ok(())
     })

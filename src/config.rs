@@ -114,6 +114,13 @@ pub struct Pool {
     pub timeouts: Timeouts,
     pub retries: u32,
     pub when_all_down: WhenAllDown,
+    /// Active checks of every backend, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Consecutive 5xx responses that eject a backend (passive), if set.
+    pub eject_on_5xx: Option<u32>,
+    /// Passive ejection never takes out more of the pool than this (percent of its
+    /// backends, at least one unless 0).
+    pub max_ejection_percent: u32,
     pub protocol: Protocol,
     /// Connect to backends with TLS.
     pub tls: Option<UpstreamTls>,
@@ -128,6 +135,31 @@ pub struct Sticky {
     pub max_age: Option<Duration>,
     /// `Cache-Control: private` on responses that set the cookie.
     pub nocache: bool,
+}
+
+/// A pool's active health check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// The request target of an HTTP check (`/healthz`).
+    pub path: String,
+    /// The `Host` of an HTTP check; `None`: the backend's address.
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failed checks in a row that take a healthy backend out.
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring an unhealthy backend back.
+    pub healthy_threshold: u32,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// `GET path`; a 2xx or 3xx within the timeout passes.
+    Http,
+    /// A TCP connect (and TLS handshake on a TLS pool) within the timeout passes.
+    Tcp,
 }
 
 /// The HTTP version spoken to a pool's backends.

@@ -1,11 +1,33 @@
-//! Backend health. For now passive only: consecutive connect failures eject a backend for
-//! a while (SPEC "Health": 5 in a row -> 30 s, doubling while it keeps failing, at most
-//! 5 min). The state is atomics inside the backend's shared state, so it survives reloads.
-// TODO(#health): active checks and 5xx ejection slot in here.
+//! Backend health: passive ejection, and active checks.
+//!
+//! Passive (SPEC "Health"): 5 connect failures in a row, or `eject_on_5xx` 5xx responses
+//! in a row, eject a backend for 30 s, doubling while it keeps failing, at most 5 min; a
+//! pool's `max_ejection_percent` caps how many of its backends can be out at once, so a
+//! bad deploy that makes every backend fail cannot empty the pool by ejection alone.
+//!
+//! Active: one checker task per checked backend, whatever the number of workers, owned by
+//! [`Checks`] and reconciled with every snapshot: a backend that stays under the same check
+//! keeps its task, its counters and its verdict. Checks start after a random part of the
+//! interval and repeat every interval ±10%, so many backends' checks spread out. A
+//! backend flips down after `unhealthy_threshold` failed checks in a row and up after
+//! `healthy_threshold` passed ones; only flips are logged, with the reason. A passed check
+//! also ends a passive ejection.
+//!
+//! Every verdict is atomics in the backend's shared state: it survives reloads.
 
 use crate::clock::now_ms;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use crate::config::{CheckKind, HealthCheck};
+use crate::pool::BackendState;
+use crate::snapshot::Snapshot;
+use crate::upstream::{self, Connector};
+use rustls::pki_types::ServerName;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// Connect failures in a row that eject a backend.
 pub const EJECT_AFTER: u32 = 5;
@@ -16,6 +38,8 @@ const MAX_EJECTION: Duration = Duration::from_secs(300);
 #[derive(Debug, Default)]
 pub struct Passive {
     failures: AtomicU32,
+    /// 5xx responses in a row.
+    fives: AtomicU32,
     ejections: AtomicU32,
     ejected_until: AtomicU64,
 }
@@ -29,17 +53,50 @@ impl Passive {
     }
 
     /// Count a failed connect; returns the ejection time if this one ejected the backend.
-    pub fn connect_failed(&self, now_ms: u64) -> Option<Duration> {
+    /// `may_eject` says whether the pool's ejection cap leaves room.
+    pub fn connect_failed(
+        &self,
+        now_ms: u64,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<Duration> {
         let n = self.failures.fetch_add(1, Relaxed) + 1;
         if n < EJECT_AFTER {
             return None;
         }
         self.failures.store(0, Relaxed);
+        may_eject().then(|| self.eject(now_ms))
+    }
+
+    /// Count a response status against `eject_on_5xx`; returns the ejection time if this
+    /// one ejected the backend.
+    pub fn responded(
+        &self,
+        status: u16,
+        eject_on_5xx: Option<u32>,
+        now_ms: u64,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<Duration> {
+        let limit = eject_on_5xx?;
+        if status < 500 {
+            if self.fives.load(Relaxed) != 0 {
+                self.fives.store(0, Relaxed);
+            }
+            return None;
+        }
+        let n = self.fives.fetch_add(1, Relaxed) + 1;
+        if n < limit {
+            return None;
+        }
+        self.fives.store(0, Relaxed);
+        may_eject().then(|| self.eject(now_ms))
+    }
+
+    fn eject(&self, now_ms: u64) -> Duration {
         let k = self.ejections.fetch_add(1, Relaxed).min(16);
         let d = BASE_EJECTION.saturating_mul(1 << k).min(MAX_EJECTION);
         self.ejected_until
             .store(now_ms + d.as_millis() as u64, Relaxed);
-        Some(d)
+        d
     }
 
     /// A connect succeeded: the failure streak and the backoff start over.
@@ -56,44 +113,341 @@ impl Passive {
             self.ejected_until.store(0, Relaxed);
         }
     }
+
+    /// An active check passed: an ejection ends now.
+    fn check_passed(&self) {
+        self.connected();
+        if self.fives.load(Relaxed) != 0 {
+            self.fives.store(0, Relaxed);
+        }
+    }
+}
+
+/// What active checks last decided about one backend.
+#[derive(Debug, Default)]
+pub struct Active {
+    down: AtomicBool,
+    /// Why it last went down or came back, for `/status`.
+    reason: Mutex<Option<Arc<str>>>,
+}
+
+impl Active {
+    /// Checks took the backend out.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Relaxed)
+    }
+
+    /// The reason of the last flip, if there was one.
+    pub fn reason(&self) -> Option<Arc<str>> {
+        self.reason.lock().expect("health reason lock").clone()
+    }
+
+    fn set(&self, down: bool, reason: Option<Arc<str>>) {
+        self.down.store(down, Relaxed);
+        *self.reason.lock().expect("health reason lock") = reason;
+    }
+}
+
+/// Where and how one backend is checked.
+#[derive(Clone)]
+struct Target {
+    pool: Arc<str>,
+    label: Arc<str>,
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    connector: Connector,
+    check: HealthCheck,
+}
+
+/// The running checkers, one per checked backend (pool name, address).
+#[derive(Default)]
+pub struct Checks {
+    tasks: Mutex<HashMap<(Arc<str>, SocketAddr), Task>>,
+}
+
+struct Task {
+    check: HealthCheck,
+    state: Arc<BackendState>,
+    stop: CancellationToken,
+}
+
+impl Checks {
+    /// Make the running checkers those `snap` asks for: keep the ones whose backend and
+    /// check stay, start new ones, stop the rest. A backend whose pool no longer checks it
+    /// counts as up again. Needs a tokio runtime.
+    pub fn reconcile(&self, snap: &Snapshot) {
+        let mut tasks = self.tasks.lock().expect("health checks lock");
+        let mut next = HashMap::new();
+        for pool in &snap.pools {
+            let check = snap
+                .config
+                .pools
+                .iter()
+                .find(|p| p.name == pool.name)
+                .and_then(|p| p.health_check.clone());
+            for b in &pool.backends {
+                let key = (pool.name.clone(), b.addr);
+                let Some(check) = check.clone() else {
+                    continue;
+                };
+                if let Some(t) = tasks.remove(&key) {
+                    if t.check == check && Arc::ptr_eq(&t.state, &b.state) {
+                        next.insert(key, t);
+                        continue;
+                    }
+                    t.stop.cancel();
+                }
+                let target = Target {
+                    pool: pool.name.clone(),
+                    label: b.label.clone(),
+                    addr: b.addr,
+                    server_name: b.server_name.clone(),
+                    connector: pool.connector.clone(),
+                    check: check.clone(),
+                };
+                let stop = CancellationToken::new();
+                tokio::spawn(run(target, b.state.clone(), stop.clone()));
+                next.insert(
+                    key,
+                    Task {
+                        check,
+                        state: b.state.clone(),
+                        stop,
+                    },
+                );
+            }
+        }
+        for (_, t) in tasks.drain() {
+            t.stop.cancel();
+            // Unchecked from now on: nothing would ever bring it back.
+            if t.state.active.is_down() {
+                t.state.active.set(false, None);
+            }
+        }
+        *tasks = next;
+    }
+
+    /// Stop every checker.
+    pub fn stop(&self) {
+        for (_, t) in self.tasks.lock().expect("health checks lock").drain() {
+            t.stop.cancel();
+        }
+    }
+
+    /// How many checkers run.
+    pub fn len(&self) -> usize {
+        self.tasks.lock().expect("health checks lock").len()
+    }
+
+    /// Whether no checker runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Check `target` until `stop`, recording verdicts in `state`.
+async fn run(target: Target, state: Arc<BackendState>, stop: CancellationToken) {
+    let interval = target.check.interval;
+    let first = interval.mul_f64(fastrand::f64());
+    let (mut passes, mut fails) = (0u32, 0u32);
+    let mut wait = first;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+        let result = tokio::select! {
+            r = tokio::time::timeout(target.check.timeout, probe(&target)) => {
+                r.unwrap_or_else(|_| Err(format!("timed out after {}", humantime::format_duration(target.check.timeout))))
+            }
+            () = stop.cancelled() => return,
+        };
+        match result {
+            Ok(what) => {
+                fails = 0;
+                passes = passes.saturating_add(1);
+                state.passive.check_passed();
+                if state.active.is_down() && passes >= target.check.healthy_threshold {
+                    tracing::info!(pool = %target.pool, backend = %target.label, check = %what,
+                        "backend is up: {passes} health checks passed in a row");
+                    state.active.set(false, Some(what.into()));
+                }
+            }
+            Err(why) => {
+                passes = 0;
+                fails = fails.saturating_add(1);
+                if !state.active.is_down() && fails >= target.check.unhealthy_threshold {
+                    tracing::warn!(pool = %target.pool, backend = %target.label, reason = %why,
+                        "backend is down: {fails} health checks failed in a row");
+                    state.active.set(true, Some(why.into()));
+                }
+            }
+        }
+        wait = interval.mul_f64(0.9 + 0.2 * fastrand::f64());
+    }
+}
+
+/// One check: what passed (`status 200`, `connected`), or why it failed.
+async fn probe(t: &Target) -> Result<String, String> {
+    let io = upstream::connect(t.addr, &t.server_name, &t.connector)
+        .await
+        .map_err(|e| connect_reason(&e))?;
+    if t.check.kind == CheckKind::Tcp {
+        return Ok("connected".into());
+    }
+    let host = t.check.host.as_deref().unwrap_or(&t.label);
+    let status = if t.connector.h2 {
+        h2_status(io, t, host).await?
+    } else {
+        h1_status(io, &t.check.path, host).await?
+    };
+    if (200..400).contains(&status) {
+        Ok(format!("status {status}"))
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+fn connect_reason(e: &crate::error::ConnectError) -> String {
+    use crate::error::ConnectError;
+    match e {
+        ConnectError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused".into()
+        }
+        ConnectError::Io(io) => format!("connect failed: {io}"),
+        ConnectError::Timeout(_) => "connect timed out".into(),
+        ConnectError::Tls(io) => format!("TLS handshake failed: {io}"),
+        ConnectError::Handshake(h) => format!("HTTP/2 handshake failed: {h}"),
+    }
+}
+
+/// `GET path` over HTTP/1.1 on a connection of its own; the status of the response.
+async fn h1_status(mut io: upstream::h1::Io, path: &str, host: &str) -> Result<u16, String> {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: switchyard-health-check\r\nconnection: close\r\n\r\n"
+    );
+    io.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("send failed: {e}"))?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    // The status line is all a check reads: `HTTP/1.1 200` fits in the first 12 bytes.
+    while n < 12 {
+        match io.read(&mut buf[n..]).await {
+            Ok(0) => return Err("closed without a response".into()),
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+    parse_status(&buf[..n]).ok_or_else(|| "not an HTTP response".into())
+}
+
+/// The status code of an HTTP/1.x status line.
+fn parse_status(line: &[u8]) -> Option<u16> {
+    let rest = line.strip_prefix(b"HTTP/1.")?;
+    let code = rest.get(2..5)?;
+    if rest.get(1) != Some(&b' ') || !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// `GET path` over HTTP/2 (an h2 pool's backends may speak nothing else).
+async fn h2_status(io: upstream::h1::Io, t: &Target, host: &str) -> Result<u16, String> {
+    let mut sender = upstream::h2::handshake(io, t.addr)
+        .await
+        .map_err(|e| connect_reason(&e))?;
+    let scheme = if t.connector.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let req = http::Request::get(format!("{scheme}://{host}{}", t.check.path))
+        .header(http::header::USER_AGENT, "switchyard-health-check")
+        .body(crate::body::RequestBody::Empty)
+        .map_err(|e| format!("bad check request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    Ok(resp.status().as_u16())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn fail(p: &Passive, n: u32, now: u64, room: bool) -> Option<Duration> {
+        let mut last = None;
+        for _ in 0..n {
+            last = p.connect_failed(now, || room);
+        }
+        last
+    }
+
     #[test]
     fn five_failures_in_a_row_eject_with_doubling_backoff() {
         let p = Passive::default();
-        for _ in 0..4 {
-            assert_eq!(p.connect_failed(1000), None);
-        }
-        assert_eq!(p.connect_failed(1000), Some(Duration::from_secs(30)));
+        assert_eq!(fail(&p, 4, 1000, true), None);
+        assert_eq!(fail(&p, 1, 1000, true), Some(Duration::from_secs(30)));
         assert_eq!(p.ejected_until.load(Relaxed), 31_000);
-        for _ in 0..4 {
-            p.connect_failed(31_000);
-        }
-        assert_eq!(p.connect_failed(31_000), Some(Duration::from_secs(60)));
-        for _ in 0..40 {
-            p.connect_failed(0);
-        }
+        assert_eq!(fail(&p, 5, 31_000, true), Some(Duration::from_secs(60)));
+        fail(&p, 40, 0, true);
         assert_eq!(p.ejected_until.load(Relaxed), 300_000);
     }
 
     #[test]
     fn a_success_resets_the_streak() {
         let p = Passive::default();
-        for _ in 0..4 {
-            p.connect_failed(0);
-        }
+        fail(&p, 4, 0, true);
         p.connected();
-        for _ in 0..4 {
-            assert_eq!(p.connect_failed(0), None);
-        }
+        assert_eq!(fail(&p, 4, 0, true), None);
         assert!(p.available());
-        p.connect_failed(now_ms());
+        p.connect_failed(now_ms(), || true);
         assert!(!p.available());
         p.connected();
         assert!(p.available());
+    }
+
+    #[test]
+    fn no_room_under_the_cap_means_no_ejection() {
+        let p = Passive::default();
+        assert_eq!(fail(&p, 5, now_ms(), false), None);
+        assert!(p.available());
+        assert_eq!(fail(&p, 5, now_ms(), true), Some(Duration::from_secs(30)));
+        assert!(!p.available());
+    }
+
+    #[test]
+    fn consecutive_5xx_eject_only_when_asked_and_any_other_status_resets() {
+        let p = Passive::default();
+        let now = now_ms();
+        for _ in 0..10 {
+            assert_eq!(p.responded(503, None, now, || true), None);
+        }
+        assert!(p.available());
+        for _ in 0..2 {
+            assert_eq!(p.responded(500, Some(3), now, || true), None);
+        }
+        assert_eq!(p.responded(404, Some(3), now, || true), None);
+        for _ in 0..2 {
+            assert_eq!(p.responded(502, Some(3), now, || true), None);
+        }
+        assert_eq!(
+            p.responded(502, Some(3), now, || true),
+            Some(Duration::from_secs(30))
+        );
+        assert!(!p.available());
+        p.check_passed();
+        assert!(p.available(), "a passed active check ends the ejection");
+    }
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
+        assert_eq!(parse_status(b"HTTP/1.1 20"), None);
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
+        assert_eq!(parse_status(b"HTTP/1.1  200"), None);
     }
 }

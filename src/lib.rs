@@ -46,6 +46,7 @@ pub mod net;
 pub mod pool;
 pub mod proxy;
 pub mod record;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

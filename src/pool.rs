@@ -7,13 +7,13 @@
 
 use crate::balance::{Balancer, Ewma};
 use crate::config::{self, Balance, Protocol, Timeouts, UpstreamTls, WhenAllDown};
-use crate::health::Passive;
+use crate::health::{Active, Passive};
 use crate::sticky::Sticky;
 use crate::upstream::{Connector, Endpoint};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// A pool compiled for one snapshot.
 pub struct Pool {
@@ -30,6 +30,10 @@ pub struct Pool {
     pub timeouts: Timeouts,
     pub retries: u32,
     pub when_all_down: WhenAllDown,
+    /// Consecutive 5xx that eject a backend, if set.
+    pub eject_on_5xx: Option<u32>,
+    /// How many backends passive ejection may take out at once.
+    max_ejected: usize,
     /// How connections to the backends are made.
     pub connector: Connector,
     protocol: Protocol,
@@ -53,6 +57,10 @@ pub struct Backend {
 pub struct BackendState {
     in_flight: AtomicU32,
     pub passive: Passive,
+    pub active: Active,
+    /// When the backend last started a request ([`crate::clock::now_ms`]), kept while it
+    /// drains: how long it has been quiet tells when it is safe to remove.
+    last_request: AtomicU64,
     pub endpoint: Endpoint,
     /// Response latency, for `p2c_ewma`.
     pub latency: Ewma,
@@ -78,6 +86,26 @@ impl BackendState {
     /// Requests currently in flight.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Relaxed)
+    }
+
+    /// Note that a request started now (for draining backends).
+    pub fn touch(&self) {
+        self.last_request.store(crate::clock::recent_ms(), Relaxed);
+    }
+
+    /// How long since the last [`touch`](Self::touch); `None` if there was none.
+    pub fn quiet_for(&self) -> Option<std::time::Duration> {
+        match self.last_request.load(Relaxed) {
+            0 => None,
+            t => Some(std::time::Duration::from_millis(
+                crate::clock::now_ms().saturating_sub(t),
+            )),
+        }
+    }
+
+    /// Neither checks nor passive ejection took it out.
+    pub fn healthy(&self) -> bool {
+        !self.active.is_down() && self.passive.available()
     }
 
     /// Count a request until the returned guard drops.
@@ -108,14 +136,14 @@ impl Backend {
         }
     }
 
-    /// May take new requests: not draining and not ejected.
+    /// May take new requests: not draining, and healthy.
     pub fn available(&self) -> bool {
-        !self.drain && self.state.passive.available()
+        !self.drain && self.state.healthy()
     }
 
-    /// May keep its sticky users: not ejected (draining is fine).
+    /// May keep its sticky users: healthy (draining is fine).
     pub fn up(&self) -> bool {
-        self.state.passive.available()
+        self.state.healthy()
     }
 }
 
@@ -183,6 +211,7 @@ impl Pool {
                 Arc::new(Backend::new(b, sni, state))
             })
             .collect();
+        let backends_len = backends.len();
         let h2 = cfg.protocol == Protocol::H2;
         let connector = Connector {
             h2,
@@ -215,10 +244,22 @@ impl Pool {
             timeouts: cfg.timeouts,
             retries: cfg.retries,
             when_all_down: cfg.when_all_down,
+            eject_on_5xx: cfg.eject_on_5xx,
+            max_ejected: max_ejected(backends_len, cfg.max_ejection_percent),
             connector,
             protocol: cfg.protocol,
             tls: cfg.tls.clone(),
         }
+    }
+
+    /// Whether passive ejection may take out one more backend (`max_ejection_percent`).
+    pub fn may_eject(&self) -> bool {
+        let out = self
+            .backends
+            .iter()
+            .filter(|b| !b.state.passive.available())
+            .count();
+        out < self.max_ejected
     }
 
     /// The backend a hash key maps to while every backend is up and idle.
@@ -247,6 +288,15 @@ impl Pool {
             },
         }
     }
+}
+
+/// How many of `n` backends `percent` lets passive ejection take out: at least one
+/// unless it is 0 (Envoy's outlier detection rounds the same way).
+fn max_ejected(n: usize, percent: u32) -> usize {
+    if percent == 0 {
+        return 0;
+    }
+    (n * percent as usize / 100).max(1)
 }
 
 #[cfg(test)]
@@ -281,7 +331,7 @@ mod tests {
             p.backends[i]
                 .state
                 .passive
-                .connect_failed(crate::clock::now_ms());
+                .connect_failed(crate::clock::now_ms(), || true);
         }
     }
 
@@ -324,6 +374,20 @@ mod tests {
     }
 
     #[test]
+    fn the_ejection_cap_counts_ejected_backends() {
+        assert_eq!(max_ejected(4, 50), 2);
+        assert_eq!(max_ejected(1, 50), 1);
+        assert_eq!(max_ejected(3, 10), 1);
+        assert_eq!(max_ejected(10, 0), 0);
+        let p = pool(WhenAllDown::FailOpen, &[false; 4]);
+        assert!(p.may_eject());
+        eject(&p, 0);
+        assert!(p.may_eject());
+        eject(&p, 1);
+        assert!(!p.may_eject(), "2 of 4 out at 50%");
+    }
+
+    #[test]
     fn state_survives_recompile_for_backends_that_stay() {
         let a = pool(WhenAllDown::FailOpen, &[false, false]);
         let _held = a.backends[1].state.start_request();
@@ -358,6 +422,9 @@ mod tests {
             },
             retries: 2,
             when_all_down: WhenAllDown::FailOpen,
+            health_check: None,
+            eject_on_5xx: None,
+            max_ejection_percent: 50,
             protocol: Protocol::Http1,
             tls: None,
             backends: vec![],

@@ -44,7 +44,7 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,13 +56,52 @@ pub struct Server {
     listeners: Vec<Bound>,
     admin: Option<std::net::TcpListener>,
     workers: usize,
+    commands: mpsc::UnboundedReceiver<Command>,
+    control: Control,
 }
 
 /// A listener and its sockets: one per worker, all bound to the same address.
 struct Bound {
-    cfg: Arc<config::Listener>,
+    run: Arc<ListenerRun>,
     sockets: Vec<std::net::TcpListener>,
+}
+
+/// One listener while it runs, shared by its accept loops (one per worker) and its
+/// connections. Its settings are not here: each new connection reads them from the
+/// current snapshot, so a reload changes them without re-binding.
+struct ListenerRun {
+    name: Arc<str>,
+    /// The configured address (a reload re-binds only when this changes).
+    bind: SocketAddr,
     limit: Arc<ConnLimit>,
+    /// Stop accepting, and let connections finish their requests and close.
+    stop: Signal,
+    /// Cut whatever connection is left.
+    kill: Signal,
+}
+
+/// Asks a running [`Server`] to take a new config.
+#[derive(Clone)]
+pub struct Control {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+enum Command {
+    Reload(Box<Config>, oneshot::Sender<Result<(), String>>),
+}
+
+impl Control {
+    /// Make `config` current: bind the listeners it adds, swap the snapshot, stop the
+    /// listeners it removes. `Err` (and nothing changed) when a new listener cannot be
+    /// bound or the server has stopped.
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Reload(Box::new(config), tx))
+            .map_err(|_| "the server has stopped".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the server has stopped".into()))
+    }
 }
 
 /// A listener's `max_connections`, shared by every worker's accept loop: the limit is the
@@ -75,6 +114,8 @@ struct Bound {
 pub struct ConnLimit {
     slots: Arc<Semaphore>,
     room: Notify,
+    /// The limit now (a reload may change it).
+    max: std::sync::Mutex<usize>,
 }
 
 impl ConnLimit {
@@ -82,6 +123,33 @@ impl ConnLimit {
         ConnLimit {
             slots: Arc::new(Semaphore::new(max)),
             room: Notify::new(),
+            max: std::sync::Mutex::new(max),
+        }
+    }
+
+    /// Make the limit `max` (a reload). Lowered, it takes the slots back as they free up:
+    /// connections above the new limit are not cut, no new one comes in until they go.
+    fn resize(&self, max: usize) {
+        let mut now = self.max.lock().expect("connection limit lock");
+        let old = std::mem::replace(&mut *now, max);
+        if max > old {
+            self.slots.add_permits(max - old);
+            self.room.notify_waiters();
+            return;
+        }
+        let debt = old - max;
+        let owed = debt - self.slots.forget_permits(debt);
+        if owed > 0 {
+            let slots = self.slots.clone();
+            tokio::spawn(async move {
+                // Every slot in use frees up some day; each one that does is kept.
+                for _ in 0..owed {
+                    match slots.acquire().await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    }
+                }
+            });
         }
     }
 
@@ -146,24 +214,7 @@ impl Server {
         let workers = workers.max(1);
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            let err = |e: io::Error| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot bind listener {} to {}: {e}", l.name, l.bind),
-                )
-            };
-            let first = net::bind(l.bind, workers > 1).map_err(err)?;
-            // Port 0 picks a port once; the other workers' sockets join that one.
-            let addr = first.local_addr()?;
-            let mut sockets = vec![first];
-            for _ in 1..workers {
-                sockets.push(net::bind(addr, true).map_err(err)?);
-            }
-            listeners.push(Bound {
-                cfg: Arc::new(l.clone()),
-                sockets,
-                limit: Arc::new(ConnLimit::new(config.limits.max_connections)),
-            });
+            listeners.push(Bound::new(l, workers, config.limits.max_connections)?);
         }
         let admin = match config.admin {
             Some(a) => Some(net::bind(a, false).map_err(|e| {
@@ -175,20 +226,31 @@ impl Server {
             None => None,
         };
         let shared = Arc::new(Shared::new(Snapshot::compile(config, None)));
+        for b in &listeners {
+            shared.set_listener_addr(&b.run.name, b.sockets[0].local_addr().ok());
+        }
+        let (tx, commands) = mpsc::unbounded_channel();
         Ok(Server {
             proxy: Arc::new(Proxy::new(shared.clone(), log)),
             shared,
             listeners,
             admin,
             workers,
+            commands,
+            control: Control { tx },
         })
+    }
+
+    /// A handle that reloads the config of this server once it runs.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|b| &*b.cfg.name == name)
+            .find(|b| &*b.run.name == name)
             .and_then(|b| b.sockets[0].local_addr().ok())
     }
 
@@ -212,26 +274,31 @@ impl Server {
             listeners,
             admin,
             workers,
+            mut commands,
+            control: _,
         } = self;
         let stop = Signal::default();
         let admin = admin.map(|l| {
             let l = TcpListener::from_std(l).expect("a bound socket registers with the runtime");
             tokio::spawn(admin::serve(l, shared.clone()))
         });
-        let mut sets: Vec<Vec<Socket>> = (0..workers).map(|_| Vec::new()).collect();
-        for b in listeners {
-            for (i, socket) in b.sockets.into_iter().enumerate() {
-                sets[i].push(Socket {
-                    cfg: b.cfg.clone(),
-                    socket,
-                    limit: b.limit.clone(),
-                });
-            }
+        let mut running = Running {
+            shared: shared.clone(),
+            proxy: proxy.clone(),
+            workers,
+            senders: Vec::new(),
+            listeners: Vec::new(),
+        };
+        let mut receivers = Vec::new();
+        for _ in 0..workers {
+            let (tx, rx) = mpsc::unbounded_channel();
+            running.senders.push(tx);
+            receivers.push(rx);
         }
-        let mut sets = sets.into_iter().enumerate();
-        let (_, local) = sets.next().expect("at least one worker");
-        let threads: Vec<_> = sets
-            .map(|(i, set)| {
+        let mut receivers = receivers.into_iter().enumerate();
+        let (_, local) = receivers.next().expect("at least one worker");
+        let threads: Vec<_> = receivers
+            .map(|(i, rx)| {
                 let worker = Worker {
                     index: i,
                     shared: shared.clone(),
@@ -245,7 +312,7 @@ impl Server {
                             .enable_all()
                             .build()
                             .expect("cannot start a worker runtime");
-                        rt.block_on(worker.serve(set));
+                        rt.block_on(worker.serve(rx));
                     })
                     .expect("cannot start a worker thread")
             })
@@ -259,11 +326,31 @@ impl Server {
             }
             .serve(local),
         );
+        for b in listeners {
+            running.start(b);
+        }
+        shared.checks.reconcile(&shared.load());
         shared.ready.store(true, Ordering::Relaxed);
 
-        shutdown.await;
+        let mut shutdown = pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::Reload(config, reply) => {
+                        let _ = reply.send(running.reload(*config));
+                    }
+                },
+            }
+        }
         shared.ready.store(false, Ordering::Relaxed);
         tracing::info!("shutting down: listeners closed, finishing requests in flight");
+        shared.checks.stop();
+        let grace = shared.load().config.shutdown_timeout;
+        for l in running.listeners.drain(..) {
+            l.stop.fire();
+            tokio::spawn(kill_after(l, grace, true));
+        }
         stop.fire();
         let _ = local.await;
         for t in threads {
@@ -273,6 +360,118 @@ impl Server {
             a.abort();
         }
         tracing::info!("stopped");
+    }
+}
+
+impl Bound {
+    /// Bind `l`: one socket per worker (SO_REUSEPORT when there are several).
+    fn new(l: &config::Listener, workers: usize, max_connections: usize) -> io::Result<Bound> {
+        let err = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind listener {} to {}: {e}", l.name, l.bind),
+            )
+        };
+        let first = net::bind(l.bind, workers > 1).map_err(err)?;
+        // Port 0 picks a port once; the other workers' sockets join that one.
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(net::bind(addr, true).map_err(err)?);
+        }
+        Ok(Bound {
+            run: Arc::new(ListenerRun {
+                name: l.name.clone(),
+                bind: l.bind,
+                limit: Arc::new(ConnLimit::new(max_connections)),
+                stop: Signal::default(),
+                kill: Signal::default(),
+            }),
+            sockets,
+        })
+    }
+}
+
+/// After `grace`, cut the connections `l` still has (shutdown, or the listener removed).
+async fn kill_after(l: Arc<ListenerRun>, grace: Duration, shutdown: bool) {
+    tokio::time::sleep(grace).await;
+    if !shutdown {
+        tracing::info!(listener = %l.name, ?grace, "removed listener: closing its remaining connections");
+    }
+    l.kill.fire();
+}
+
+/// The listeners of a running server, and the workers that accept on them.
+struct Running {
+    shared: Arc<Shared>,
+    proxy: Arc<Proxy>,
+    workers: usize,
+    /// Hands each worker its socket of a new listener.
+    senders: Vec<mpsc::UnboundedSender<Socket>>,
+    listeners: Vec<Arc<ListenerRun>>,
+}
+
+impl Running {
+    /// Hand `b`'s sockets to the workers.
+    fn start(&mut self, b: Bound) {
+        if let Ok(addr) = b.sockets[0].local_addr() {
+            tracing::info!(listener = %b.run.name, %addr, "listening");
+        }
+        for (tx, socket) in self.senders.iter().zip(b.sockets) {
+            let _ = tx.send(Socket {
+                run: b.run.clone(),
+                socket,
+            });
+        }
+        self.listeners.push(b.run);
+    }
+
+    /// Take `config`: bind what it adds (or re-binds) first, so a failure changes nothing;
+    /// then swap the snapshot, start the new listeners and drain the removed ones.
+    fn reload(&mut self, config: Config) -> Result<(), String> {
+        let keeps = |l: &ListenerRun| {
+            config
+                .listeners
+                .iter()
+                .any(|n| n.name == l.name && n.bind == l.bind)
+        };
+        let mut added = Vec::new();
+        for l in &config.listeners {
+            if self
+                .listeners
+                .iter()
+                .any(|r| r.name == l.name && r.bind == l.bind)
+            {
+                continue;
+            }
+            // A listener that moves to another address frees its old one only after this
+            // succeeds; moving one onto an address another listener leaves is two reloads.
+            added.push(
+                Bound::new(l, self.workers, config.limits.max_connections)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let max = config.limits.max_connections;
+        let grace = config.shutdown_timeout;
+        let (kept, removed): (Vec<_>, Vec<_>) = self.listeners.drain(..).partition(|l| keeps(l));
+        self.listeners = kept;
+        let _ = self.proxy.log().set_format(config.access_log);
+        self.shared.swap(config);
+        for l in &self.listeners {
+            l.limit.resize(max);
+        }
+        for l in removed {
+            tracing::info!(listener = %l.name, bind = %l.bind, "listener removed: draining its connections");
+            self.shared.set_listener_addr(&l.name, None);
+            l.stop.fire();
+            tokio::spawn(kill_after(l, grace, false));
+        }
+        for b in added {
+            self.shared
+                .set_listener_addr(&b.run.name, b.sockets[0].local_addr().ok());
+            self.start(b);
+        }
+        Ok(())
     }
 }
 
@@ -286,104 +485,101 @@ struct Worker {
 
 /// One worker's socket of a listener.
 struct Socket {
-    cfg: Arc<config::Listener>,
+    run: Arc<ListenerRun>,
     socket: std::net::TcpListener,
-    limit: Arc<ConnLimit>,
 }
 
 impl Worker {
-    async fn serve(self, sockets: Vec<Socket>) {
+    /// Accept on every socket `sockets` brings until the server stops, then wait for the
+    /// connections to finish (their listeners cut them after the grace time).
+    async fn serve(self, mut sockets: mpsc::UnboundedReceiver<Socket>) {
         upstream::set_worker(self.index);
-        let kill = Signal::default();
         let conns = TaskTracker::new();
-        let limits = Arc::new(self.shared.load().config.limits.clone());
-        let accepts: Vec<_> = sockets
-            .into_iter()
-            .map(|s| {
-                let listener = TcpListener::from_std(s.socket)
-                    .expect("a bound socket registers with the runtime");
-                if self.index == 0
-                    && let Ok(addr) = listener.local_addr()
-                {
-                    tracing::info!(listener = %s.cfg.name, %addr, "listening");
-                }
-                let ctx = Accept {
-                    proxy: self.proxy.clone(),
-                    shared: self.shared.clone(),
-                    listener: s.cfg,
-                    limits: limits.clone(),
-                    limit: s.limit,
-                    stop: self.stop.clone(),
-                    kill: kill.clone(),
-                    conns: conns.clone(),
-                };
-                tokio::spawn(ctx.run(listener))
-            })
-            .collect();
-        self.stop.fired().await;
+        let mut accepts = Vec::new();
+        loop {
+            let s = tokio::select! {
+                Some(s) = sockets.recv() => s,
+                _ = self.stop.fired() => break,
+            };
+            let listener =
+                TcpListener::from_std(s.socket).expect("a bound socket registers with the runtime");
+            let ctx = Accept {
+                proxy: self.proxy.clone(),
+                shared: self.shared.clone(),
+                run: s.run,
+                conns: conns.clone(),
+            };
+            accepts.retain(|a: &tokio::task::JoinHandle<()>| !a.is_finished());
+            accepts.push(tokio::spawn(ctx.run(listener)));
+        }
         for a in accepts {
             let _ = a.await;
         }
         conns.close();
-        let grace = self.shared.load().config.shutdown_timeout;
-        if tokio::time::timeout(grace, conns.wait()).await.is_err() {
-            tracing::warn!(
-                connections = conns.len(),
-                ?grace,
-                "shutdown timeout reached; closing the rest"
-            );
-            kill.fire();
-            conns.wait().await;
-        }
+        conns.wait().await;
     }
 }
 
-/// One listener's accept loop and what its connections share.
+/// One listener's accept loop on one worker.
 struct Accept {
     proxy: Arc<Proxy>,
     shared: Arc<Shared>,
-    listener: Arc<config::Listener>,
-    limits: Arc<Limits>,
-    limit: Arc<ConnLimit>,
-    stop: Signal,
-    kill: Signal,
+    run: Arc<ListenerRun>,
     conns: TaskTracker,
 }
 
 impl Accept {
     async fn run(self, listener: TcpListener) {
-        let tls = self.listener.tls.is_some().then(|| {
-            TlsAcceptor::from(tls::server_config(
-                self.shared.clone(),
-                self.listener.name.clone(),
-                self.listener.session_resumption,
-            ))
-        });
-        let stats = self.shared.listener_stats(&self.listener.name);
+        let name = self.run.name.clone();
+        // Built for the listener's `session_resumption`, again if a reload changes it.
+        let mut tls: Option<(bool, TlsAcceptor)> = None;
+        let stats = self.shared.listener_stats(&name);
+        let limit = self.run.limit.clone();
+        let Some(mut last) = self.shared.load().listener(&name).cloned() else {
+            return;
+        };
         loop {
             // Above max_connections, connections wait in the kernel's backlog, unaccepted.
             tokio::select! {
-                () = self.limit.has_room() => {}
-                _ = self.stop.fired() => break,
+                () = limit.has_room() => {}
+                _ = self.run.stop.fired() => break,
             }
             let (tcp, peer) = tokio::select! {
                 a = net::accept(&listener) => a,
-                _ = self.stop.fired() => break,
+                _ = self.run.stop.fired() => break,
+            };
+            // This connection's settings: the current snapshot's, or, for a listener a
+            // reload is removing this moment, the last it had.
+            let snap = self.shared.load();
+            if let Some(c) = snap.listener(&name) {
+                last = c.clone();
+            }
+            let cfg = &last;
+            let acceptor = match &cfg.tls {
+                None => None,
+                Some(_) => {
+                    let resumption = cfg.session_resumption;
+                    if tls.as_ref().is_none_or(|(r, _)| *r != resumption) {
+                        let c = tls::server_config(self.shared.clone(), name.clone(), resumption);
+                        tls = Some((resumption, TlsAcceptor::from(c)));
+                    }
+                    tls.as_ref().map(|(_, a)| a.clone())
+                }
             };
             let conn = Conn {
                 proxy: self.proxy.clone(),
                 shared: self.shared.clone(),
-                listener: self.listener.clone(),
-                limits: self.limits.clone(),
-                stop: self.stop.clone(),
-                kill: self.kill.clone(),
+                listener: cfg.clone(),
+                limits: snap.limits.clone(),
+                stop: self.run.stop.clone(),
+                kill: self.run.kill.clone(),
                 stats: stats.clone(),
             };
-            let tls = tls.clone();
-            let limit = self.limit.clone();
+            drop(snap);
+            let limit = limit.clone();
             self.conns.spawn(async move {
                 let _slot = limit.take().await;
-                conn.serve(tcp, peer, tls).await;
+                conn.serve(tcp, peer, acceptor).await;
             });
         }
     }

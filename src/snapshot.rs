@@ -4,13 +4,16 @@
 //! reload never changes the rules under a request in flight. Compiling a new snapshot
 //! takes over the backend state of the previous one (see `pool`).
 
-use crate::config::Config;
+use crate::config::{self, Config, Limits};
+use crate::health::Checks;
 use crate::pool::Pool;
 use crate::router::Router;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 /// Everything the hot path reads, compiled from one [`Config`].
 pub struct Snapshot {
@@ -21,9 +24,18 @@ pub struct Snapshot {
     /// The proxy's own cookies (every split cookie and sticky cookie): browsers send them
     /// with every request (`Path=/`), and none of them reaches a backend.
     pub cookies: Box<[Box<[u8]>]>,
+    /// The listeners' settings, for the connections they accept from now on.
+    listeners: Box<[Arc<config::Listener>]>,
+    /// The limits connections accepted from now on get.
+    pub limits: Arc<Limits>,
 }
 
 impl Snapshot {
+    /// The settings of listener `name`.
+    pub fn listener(&self, name: &str) -> Option<&Arc<config::Listener>> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+
     /// Compile `config`, taking over backend state from `prev` where backends stay.
     pub fn compile(config: Config, prev: Option<&Snapshot>) -> Snapshot {
         let router =
@@ -51,6 +63,8 @@ impl Snapshot {
         }
         let cookies = cookies.into_boxed_slice();
         Snapshot {
+            listeners: config.listeners.iter().cloned().map(Arc::new).collect(),
+            limits: Arc::new(config.limits.clone()),
             config,
             router,
             pools,
@@ -65,6 +79,46 @@ pub struct Shared {
     /// `/ready`: every listener bound and not shutting down.
     pub ready: AtomicBool,
     listeners: Mutex<HashMap<Arc<str>, Arc<ListenerStats>>>,
+    /// Where each running listener is bound.
+    bound: Mutex<HashMap<Arc<str>, SocketAddr>>,
+    /// The active health checkers of the current snapshot's backends.
+    pub checks: Checks,
+    pub reloads: Reloads,
+}
+
+/// What config reloads did (`switchyard_config_reloads_total`, `/status`).
+#[derive(Debug, Default)]
+pub struct Reloads {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    last: Mutex<Option<LastReload>>,
+}
+
+/// The outcome of the last reload.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    pub at: SystemTime,
+    /// `None` when it was taken; else every error, one per line.
+    pub error: Option<String>,
+}
+
+impl Reloads {
+    /// Count a reload, and keep it as the last.
+    pub fn record(&self, result: Result<(), String>) {
+        match &result {
+            Ok(()) => self.ok.fetch_add(1, Relaxed),
+            Err(_) => self.failed.fetch_add(1, Relaxed),
+        };
+        *self.last.lock().expect("reloads lock") = Some(LastReload {
+            at: SystemTime::now(),
+            error: result.err(),
+        });
+    }
+
+    /// The last reload, if there was one.
+    pub fn last(&self) -> Option<LastReload> {
+        self.last.lock().expect("reloads lock").clone()
+    }
 }
 
 /// Counters of one listener, kept across reloads.
@@ -82,7 +136,28 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             listeners: Mutex::default(),
+            bound: Mutex::default(),
+            checks: Checks::default(),
+            reloads: Reloads::default(),
         }
+    }
+
+    /// Note where listener `name` is bound (`None`: it stopped).
+    pub fn set_listener_addr(&self, name: &Arc<str>, addr: Option<SocketAddr>) {
+        let mut bound = self.bound.lock().expect("bound listeners lock");
+        match addr {
+            Some(a) => bound.insert(name.clone(), a),
+            None => bound.remove(name),
+        };
+    }
+
+    /// Where the running listener `name` is bound.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.bound
+            .lock()
+            .expect("bound listeners lock")
+            .get(name)
+            .copied()
     }
 
     /// The counters of listener `name` (created on first use).
@@ -96,9 +171,11 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// Compile `config` against the current snapshot and make it current.
+    /// Compile `config` against the current snapshot and make it current; the health
+    /// checkers follow it (so this needs a tokio runtime).
     pub fn swap(&self, config: Config) {
-        let next = Snapshot::compile(config, Some(&self.snapshot.load()));
-        self.snapshot.store(Arc::new(next));
+        let next = Arc::new(Snapshot::compile(config, Some(&self.snapshot.load())));
+        self.snapshot.store(next.clone());
+        self.checks.reconcile(&next);
     }
 }

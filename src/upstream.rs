@@ -37,6 +37,7 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(30);
 const MAX_IDLE_MS: u64 = MAX_IDLE_AGE.as_millis() as u64;
 
 /// How a pool connects to its backends.
+#[derive(Clone)]
 pub struct Connector {
     pub h2: bool,
     /// TLS client config (ALPN set for the protocol), if the pool uses TLS.
@@ -118,11 +119,7 @@ impl Endpoint {
         if let Some(c) = self.idle.take(|c| c.is_open()) {
             return Ok((c, true));
         }
-        let tcp = connect_tcp(addr, how.timeout).await?;
-        let io = match &how.tls {
-            None => h1::Io::Tcp(tcp),
-            Some(cfg) => h1::Io::Tls(Box::new(tls(tcp, name, cfg, how.timeout).await?)),
-        };
+        let io = connect(addr, name, how).await?;
         Ok((Box::new(h1::Conn::new(io)), false))
     }
 
@@ -154,6 +151,19 @@ impl Endpoint {
     fn checkin(&self, c: Box<h1::Conn>) {
         self.idle.put(c);
     }
+}
+
+/// A new connection to `addr`, TLS when the pool says so (ALPN as its protocol wants).
+pub async fn connect(
+    addr: SocketAddr,
+    name: &ServerName<'static>,
+    how: &Connector,
+) -> Result<h1::Io, ConnectError> {
+    let tcp = connect_tcp(addr, how.timeout).await?;
+    Ok(match &how.tls {
+        None => h1::Io::Tcp(tcp),
+        Some(cfg) => h1::Io::Tls(Box::new(tls(tcp, name, cfg, how.timeout).await?)),
+    })
 }
 
 async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {

@@ -146,11 +146,21 @@ pub struct Sticky {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    pub kind: Option<CheckKind>,
     pub path: Option<String>,
+    pub host: Option<String>,
     pub interval: Option<String>,
     pub timeout: Option<String>,
     pub unhealthy_threshold: Option<u32>,
     pub healthy_threshold: Option<u32>,
+}
+
+/// `pools.NAME.health_check.kind`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Http,
+    Tcp,
 }
 
 /// `pools.NAME.timeouts`

@@ -7,9 +7,9 @@
 use super::raw;
 use super::spans::{Pos, Spans};
 use super::{
-    AccessLogFormat, Backend, Balance, CaBundle, Config, ConfigError, HostMatch, Limits, Listener,
-    Loaded, PathMatch, Pool, Protocol, Route, RouteTo, Secret, Split, Sticky, Timeouts,
-    UpstreamTls, WhenAllDown,
+    AccessLogFormat, Backend, Balance, CaBundle, CheckKind, Config, ConfigError, HealthCheck,
+    HostMatch, Limits, Listener, Loaded, PathMatch, Pool, Protocol, Route, RouteTo, Secret, Split,
+    Sticky, Timeouts, UpstreamTls, WhenAllDown,
 };
 use crate::router::path::normalize;
 use crate::tls::certs::{Certs, Which};
@@ -123,17 +123,6 @@ impl Check<'_> {
             pos: Some(pos),
             message: format!("warning: {}", message.into()),
         });
-    }
-
-    fn unsupported(&mut self, path: &str, feature: &str) {
-        let pos = self.spans.key(path);
-        self.error(
-            pos,
-            format!(
-                "`{}` ({feature}) is not supported by this version of switchyard yet; remove it",
-                last_segment(path)
-            ),
-        );
     }
 
     fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
@@ -404,26 +393,22 @@ impl Check<'_> {
                 nocache: st.nocache.unwrap_or(true),
             }
         });
-        for (key, set, what) in [
-            (
-                "health_check",
-                p.health_check.is_some(),
-                "active health checks",
-            ),
-            (
-                "eject_on_5xx",
-                p.eject_on_5xx.is_some(),
-                "passive ejection on 5xx",
-            ),
-            (
-                "max_ejection_percent",
-                p.max_ejection_percent.is_some(),
-                "passive ejection on 5xx",
-            ),
-        ] {
-            if set {
-                self.unsupported(&format!("{path}.{key}"), what);
-            }
+        let health_check = p
+            .health_check
+            .as_ref()
+            .map(|h| self.health_check(&format!("{path}.health_check"), h));
+        if p.eject_on_5xx == Some(0) {
+            self.error(
+                self.spans.value(&format!("{path}.eject_on_5xx")),
+                "eject_on_5xx must be at least 1 (leave it out to never eject on 5xx)",
+            );
+        }
+        let max_ejection_percent = p.max_ejection_percent.unwrap_or(50);
+        if max_ejection_percent > 100 {
+            self.error(
+                self.spans.value(&format!("{path}.max_ejection_percent")),
+                "max_ejection_percent is a percentage: 0 to 100",
+            );
         }
         let tls = self.upstream_tls(&path, p);
         let t = p.timeouts.as_ref();
@@ -499,12 +484,89 @@ impl Check<'_> {
                 raw::WhenAllDown::FailOpen => WhenAllDown::FailOpen,
                 raw::WhenAllDown::Reject => WhenAllDown::Reject,
             },
+            health_check,
+            eject_on_5xx: p.eject_on_5xx,
+            max_ejection_percent: max_ejection_percent.min(100),
             protocol: match p.protocol.unwrap_or(raw::Protocol::Http1) {
                 raw::Protocol::Http1 => Protocol::Http1,
                 raw::Protocol::H2 => Protocol::H2,
             },
             tls,
             backends,
+        }
+    }
+
+    /// `health_check:`, with the SPEC's defaults.
+    fn health_check(&mut self, path: &str, h: &raw::HealthCheck) -> HealthCheck {
+        let kind = match h.kind.unwrap_or(raw::CheckKind::Http) {
+            raw::CheckKind::Http => CheckKind::Http,
+            raw::CheckKind::Tcp => CheckKind::Tcp,
+        };
+        if kind == CheckKind::Tcp {
+            for (key, set) in [("path", h.path.is_some()), ("host", h.host.is_some())] {
+                if set {
+                    self.error(
+                        self.spans.key(&format!("{path}.{key}")),
+                        format!("`{key}` only goes with an http check; `kind: tcp` only connects"),
+                    );
+                }
+            }
+        }
+        let check_path = h.path.clone().unwrap_or_else(|| "/healthz".into());
+        if !check_path.starts_with('/') || !check_path.bytes().all(|b| b.is_ascii_graphic()) {
+            self.error(
+                self.spans.value(&format!("{path}.path")),
+                "a health check path starts with `/` and has no spaces or control characters",
+            );
+        }
+        if let Some(host) = &h.host
+            && (host.is_empty() || HeaderValue::from_str(host).is_err() || host.contains(' '))
+        {
+            self.error(
+                self.spans.value(&format!("{path}.host")),
+                format!("`{host}` is not a valid Host header value"),
+            );
+        }
+        let interval = self.duration(
+            &format!("{path}.interval"),
+            h.interval.as_deref(),
+            Duration::from_secs(5),
+        );
+        let timeout = self.duration(
+            &format!("{path}.timeout"),
+            h.timeout.as_deref(),
+            Duration::from_secs(1),
+        );
+        if timeout > interval {
+            self.error(
+                self.spans.value(&format!("{path}.timeout")),
+                format!(
+                    "the check timeout ({}) is longer than its interval ({}): checks would overlap",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        let mut threshold = |key: &str, v: Option<u32>, default: u32| {
+            let v = v.unwrap_or(default);
+            if v == 0 {
+                self.error(
+                    self.spans.value(&format!("{path}.{key}")),
+                    format!("{key} must be at least 1"),
+                );
+            }
+            v.max(1)
+        };
+        let unhealthy_threshold = threshold("unhealthy_threshold", h.unhealthy_threshold, 3);
+        let healthy_threshold = threshold("healthy_threshold", h.healthy_threshold, 2);
+        HealthCheck {
+            kind,
+            path: check_path,
+            host: h.host.clone(),
+            interval,
+            timeout,
+            unhealthy_threshold,
+            healthy_threshold,
         }
     }
 

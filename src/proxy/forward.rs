@@ -152,6 +152,9 @@ pub async fn forward(
         let backend = &pool.backends[i];
         let state = &backend.state;
         let in_flight = state.start_request();
+        if backend.drain {
+            state.touch();
+        }
         let label = || backend.label.clone();
         let (failure, reused, replayable) = match &mut out {
             Outbound::H1 {
@@ -180,7 +183,7 @@ pub async fn forward(
                 };
                 match conn.exchange(x, wait).await {
                     Ok(head) => {
-                        arrived(record, state, sent_at);
+                        arrived(record, pool, i, head.status, sent_at);
                         return Ok(Answer {
                             inbound: Inbound::H1 { head, conn },
                             in_flight,
@@ -207,7 +210,7 @@ pub async fn forward(
                 match wait.head(h2::send(&mut sender, r)).await {
                     None => (Failure::Late, reused, false),
                     Some(Ok(resp)) => {
-                        arrived(record, state, sent_at);
+                        arrived(record, pool, i, resp.status(), sent_at);
                         return Ok(Answer {
                             inbound: Inbound::H2(Box::new(resp)),
                             in_flight,
@@ -262,14 +265,28 @@ pub async fn forward(
     }
 }
 
-/// A response head arrived: note it in the record, and feed the latency EWMA the wait
-/// that began at `sent_at` (when the pool times its backends).
+/// Backend `i`'s response head arrived: note it in the record, count its status for passive
+/// health, and feed the latency EWMA the wait that began at `sent_at` (when the pool times
+/// its backends).
 fn arrived(
     record: &mut Record,
-    state: &crate::pool::BackendState,
+    pool: &Pool,
+    i: usize,
+    status: http::StatusCode,
     sent_at: Option<std::time::Instant>,
 ) {
     record.answered();
+    let backend = &pool.backends[i];
+    let state = &backend.state;
+    if let Some(d) = state.passive.responded(
+        status.as_u16(),
+        pool.eject_on_5xx,
+        crate::clock::recent_ms(),
+        || pool.may_eject(),
+    ) {
+        tracing::warn!(pool = %pool.name, backend = %backend.label, ejected_for = ?d,
+            "backend ejected after {} 5xx responses in a row", pool.eject_on_5xx.unwrap_or(0));
+    }
     if let Some(at) = sent_at {
         let now = crate::clock::now();
         state
@@ -369,7 +386,12 @@ impl<'p> Attempts<'p> {
     /// Backend `i` could not be connected to: `Ok` to try the next one.
     fn connect_failed(&mut self, i: usize, source: ConnectError) -> Result<(), ProxyError> {
         let backend = &self.pool.backends[i];
-        if let Some(d) = backend.state.passive.connect_failed(crate::clock::now_ms()) {
+        let pool = self.pool;
+        if let Some(d) = backend
+            .state
+            .passive
+            .connect_failed(crate::clock::now_ms(), || pool.may_eject())
+        {
             tracing::warn!(pool = %self.pool.name, backend = %backend.label, ejected_for = ?d,
                 "backend ejected after {} connect failures in a row", health::EJECT_AFTER);
         }
