@@ -447,6 +447,9 @@ pub struct Matrix {
     pub log: LogBuf,
     /// Bytes of `log` already returned by [`Matrix::next_log`].
     read: AtomicUsize,
+    /// The config the proxy started with, and the environment it read.
+    yaml: String,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -525,6 +528,7 @@ impl Matrix {
             addrs,
             admin: server.admin_addr(),
             shared: server.shared(),
+            control: server.control(),
             stop: Some(tx),
             done: Some(tokio::spawn(server.run(async {
                 let _ = rx.await;
@@ -541,8 +545,25 @@ impl Matrix {
             ca,
             log,
             read: AtomicUsize::new(0),
+            yaml,
+            env,
             _dir: dir,
         }
+    }
+
+    /// Reload the proxy with its config as `edit` changes it (the same text: a reload that
+    /// changes nothing but still swaps the snapshot).
+    pub async fn reload(&self, edit: impl FnOnce(&str) -> String) -> Result<(), String> {
+        let yaml = edit(&self.yaml);
+        let lookup = |name: &str| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        let loaded = switchyard::config::parse_with_env(Path::new("matrix.yaml"), &yaml, &lookup)
+            .unwrap_or_else(|e| panic!("reloaded matrix config invalid: {e:?}\n{yaml}"));
+        self.proxy.control.reload(loaded.config).await
     }
 
     /// The backends of pool `name` ([`POOL`] or one of the spec's other pools).

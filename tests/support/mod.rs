@@ -48,6 +48,8 @@ pub struct Proxy {
     pub addrs: std::collections::HashMap<String, SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub shared: Arc<switchyard::snapshot::Shared>,
+    /// Reloads the running proxy's config.
+    pub control: switchyard::server::Control,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -62,6 +64,15 @@ impl Proxy {
     /// `http://ADDR{path}`
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Reload `yaml` (rendered as [`Proxy::start`] renders it: `{listen}` is 127.0.0.1:0,
+    /// which keeps a listener started on `{listen}`).
+    pub async fn reload(&self, yaml: &str, addrs: &[(&str, SocketAddr)]) -> Result<(), String> {
+        let text = render(yaml, addrs);
+        let loaded = switchyard::config::parse(Path::new("test.yaml"), &text)
+            .unwrap_or_else(|e| panic!("test config invalid: {e:?}\n{text}"));
+        self.control.reload(loaded.config).await
     }
 
     /// Begin a graceful shutdown; the returned handle resolves when `run` has returned.
@@ -458,6 +469,8 @@ pub struct Binary {
     child: std::process::Child,
     /// Each listener's address, in the order it was logged (the config's).
     pub addrs: Vec<SocketAddr>,
+    /// Everything it logged so far.
+    log: Arc<std::sync::Mutex<String>>,
 }
 
 impl Binary {
@@ -492,14 +505,52 @@ impl Binary {
             }
             seen.push_str(&line);
         }
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Binary { child, addrs }
+        let log = Arc::new(std::sync::Mutex::new(seen));
+        let l = log.clone();
+        // Keep reading stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+                l.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Binary { child, addrs, log }
     }
 
     /// `http://ADDR{path}` on the first listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addrs[0])
+    }
+
+    /// The process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send the process signal `sig` (`HUP`, `TERM`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the log holds `count` lines containing `text`; the log then.
+    pub async fn logged(&self, text: &str, count: usize, timeout: Duration) -> String {
+        eventually(timeout, || async {
+            self.log().matches(text).count() >= count
+        })
+        .await;
+        self.log()
     }
 }
 
@@ -623,13 +674,7 @@ impl Proxy {
         workers: usize,
         env: &[(&str, &str)],
     ) -> Proxy {
-        let mut text = yaml
-            .replace("{listen}", "127.0.0.1:0")
-            .replace("{listen2}", "127.0.0.1:0")
-            .replace("{admin}", "127.0.0.1:0");
-        for (name, addr) in addrs {
-            text = text.replace(&format!("{{{name}}}"), &addr.to_string());
-        }
+        let text = render(yaml, addrs);
         let lookup = |name: &str| {
             env.iter()
                 .find(|(k, _)| *k == name)
@@ -653,6 +698,7 @@ impl Proxy {
             .collect();
         let admin = server.admin_addr();
         let shared = server.shared();
+        let control = server.control();
         let (tx, rx) = oneshot::channel();
         let done = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -662,10 +708,24 @@ impl Proxy {
             addrs,
             admin,
             shared,
+            control,
             stop: Some(tx),
             done: Some(done),
         }
     }
+}
+
+/// `yaml` with `{listen}`, `{listen2}` and `{admin}` as 127.0.0.1:0 and every `{NAME}` of
+/// `addrs` replaced by its address.
+pub fn render(yaml: &str, addrs: &[(&str, SocketAddr)]) -> String {
+    let mut text = yaml
+        .replace("{listen}", "127.0.0.1:0")
+        .replace("{listen2}", "127.0.0.1:0")
+        .replace("{admin}", "127.0.0.1:0");
+    for (name, addr) in addrs {
+        text = text.replace(&format!("{{{name}}}"), &addr.to_string());
+    }
+    text
 }
 
 /// One HTTP/1.x response read off a raw connection.
