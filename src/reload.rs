@@ -41,6 +41,8 @@ pub struct Reloader {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Why>,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// The text loaded last (a file event that leaves it as it is changes nothing).
+    loaded: Option<String>,
 }
 
 impl Reloader {
@@ -68,6 +70,7 @@ impl Reloader {
             Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
         }
         Reloader {
+            loaded: std::fs::read_to_string(&path).ok(),
             path,
             control,
             shared,
@@ -84,8 +87,9 @@ impl Reloader {
             shared,
             mut rx,
             _watcher,
+            loaded,
         } = self;
-        run(&path, &control, &shared, &mut rx).await;
+        run(&path, &control, &shared, &mut rx, loaded).await;
     }
 }
 
@@ -94,8 +98,8 @@ async fn run(
     control: &Control,
     shared: &Shared,
     rx: &mut mpsc::UnboundedReceiver<Why>,
+    mut loaded: Option<String>,
 ) {
-    let mut loaded = std::fs::read_to_string(path).ok();
     while let Some(mut why) = rx.recv().await {
         // Editors write in bursts (truncate, write, rename): wait for quiet.
         while let Ok(Some(more)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {

@@ -611,9 +611,44 @@ impl Matrix {
     }
 
     async fn send_raw(&self, req: &Req, version: &str) -> (Got, SocketAddr) {
-        let shape = self.shape;
         let mut c = RawConn::open(self.listen_addr()).await;
         let client = c.stream.local_addr().expect("a local address");
+        (self.exchange_raw(&mut c, req, version).await, client)
+    }
+
+    /// A client connection in this matrix's shape that keeps going: one HTTP/2 connection,
+    /// one keep-alive HTTP/1.1 connection, or (HTTP/1.0) a new connection per request.
+    pub async fn session(&self) -> Session {
+        match self.shape {
+            Shape::H2Tls => {
+                let tls = connect(self.listen_addr(), HOST, self.ca.client(&[b"h2"])).await;
+                Session::H2(h2_over(tls).await)
+            }
+            Shape::Http10 => Session::Raw(None),
+            _ => Session::Raw(Some(RawConn::open(self.listen_addr()).await)),
+        }
+    }
+
+    /// Send `req` on `session`.
+    pub async fn send_on(&self, session: &mut Session, req: &Req) -> Got {
+        let exchange = async {
+            match session {
+                Session::H2(h2) => self.request_h2(h2, req).await,
+                Session::Raw(None) => self.send_raw(req, "1.0").await.0,
+                Session::Raw(Some(c)) => self.exchange_raw(c, req, "1.1").await,
+            }
+        };
+        match tokio::time::timeout(LIMIT, exchange).await {
+            Ok(r) => r,
+            Err(_) => panic!(
+                "{}: no response within {LIMIT:?} to {req:?}",
+                self.shape.name()
+            ),
+        }
+    }
+
+    async fn exchange_raw(&self, c: &mut RawConn, req: &Req, version: &str) -> Got {
+        let shape = self.shape;
         let bytes = req.raw(shape, version);
         assert!(
             c.write(&bytes).await,
@@ -651,16 +686,14 @@ impl Matrix {
                 HeaderValue::from_str(v.trim()).expect("a header value"),
             );
         }
-        let got = Got {
+        Got {
             status: resp.status,
             headers,
             body: resp.body.into(),
-        };
-        (got, client)
+        }
     }
 
     async fn send_h2(&self, req: &Req) -> (Got, SocketAddr) {
-        let shape = self.shape;
         let tls = connect(self.listen_addr(), HOST, self.ca.client(&[b"h2"])).await;
         assert_eq!(
             tls.get_ref().1.alpn_protocol(),
@@ -669,6 +702,15 @@ impl Matrix {
         );
         let client = tls.get_ref().0.local_addr().expect("a local address");
         let mut h2 = h2_over(tls).await;
+        (self.request_h2(&mut h2, req).await, client)
+    }
+
+    async fn request_h2(
+        &self,
+        h2: &mut hyper::client::conn::http2::SendRequest<TestBody>,
+        req: &Req,
+    ) -> Got {
+        let shape = self.shape;
         let mut b = Request::builder()
             .method(req.method_for(shape).as_str())
             .uri(format!("https://{}{}", req.host(), req.path));
@@ -691,7 +733,7 @@ impl Matrix {
             .await
             .unwrap_or_else(|e| panic!("{}: HTTP/2 request failed: {e}", shape.name()));
         assert_eq!(resp.version(), http::Version::HTTP_2);
-        (super::collect(resp).await, client)
+        super::collect(resp).await
     }
 
     /// Send `req` and wait, at most `limit`, for its response to end, whole or cut: how
@@ -836,6 +878,13 @@ fn tls_acceptor(ca: &Ca, dir: &Path) -> tokio_rustls::TlsAcceptor {
         .expect("a valid backend certificate");
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// A client of a matrix that keeps its connection (see [`Matrix::session`]).
+pub enum Session {
+    /// HTTP/1.x on raw bytes; `None`: HTTP/1.0, a connection per request.
+    Raw(Option<RawConn>),
+    H2(hyper::client::conn::http2::SendRequest<TestBody>),
 }
 
 /// [`Backend::serve`] over TLS.
