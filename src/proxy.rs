@@ -129,6 +129,9 @@ impl Proxy {
 pub fn fail(e: ProxyError, record: &mut Record) -> Response<Body> {
     log_error(&e, record);
     record.error = Some(e.kind());
+    if let ProxyError::NoHealthyBackend { .. } = e {
+        record.all_down = Some(crate::config::WhenAllDown::Reject);
+    }
     let mut resp = e.into_response();
     record.status = resp.status().as_u16();
     let id = HeaderValue::from_bytes(record.id()).expect("request ids are valid header values");
@@ -221,4 +224,40 @@ pub fn redirect(location: HeaderValue, record: &mut Record) -> Response<Body> {
     resp.headers_mut().insert(edit::X_REQUEST_ID.clone(), id);
     record.status = 308;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WhenAllDown;
+
+    fn conn() -> Arc<ConnInfo> {
+        let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
+        Arc::new(ConnInfo {
+            listener: "web".into(),
+            redirect_https: None,
+            peer,
+            tls: None,
+            clock: Arc::default(),
+            client_ip: HeaderValue::from_static("127.0.0.1"),
+            forwarded: Forwarded::of(peer.ip(), &Arc::from(Vec::new())),
+            log: AccessLog::start(crate::config::AccessLogFormat::Off),
+        })
+    }
+
+    #[test]
+    fn a_rejected_request_records_what_when_all_down_did() {
+        let mut record = Record::start(&conn());
+        assert_eq!(record.all_down, None);
+        let resp = fail(
+            ProxyError::NoHealthyBackend { pool: "p".into() },
+            &mut record,
+        );
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(record.all_down, Some(WhenAllDown::Reject));
+        assert_eq!(record.error, Some("no_healthy_backend"));
+        let mut other = Record::start(&conn());
+        let _ = fail(ProxyError::NoRoute, &mut other);
+        assert_eq!(other.all_down, None);
+    }
 }

@@ -31,8 +31,9 @@ pub struct Record {
     pub backend: Option<usize>,
     /// Backends tried (connect attempts included).
     pub attempts: u32,
-    /// No backend was healthy, and this one was tried anyway.
-    pub fail_open: bool,
+    /// No backend of the pool was healthy, and `when_all_down` decided: `FailOpen`, the
+    /// request was tried anyway (`switchyard_pool_fail_open_total`); `Reject`, 503 at once.
+    pub all_down: Option<crate::config::WhenAllDown>,
     /// The status the client got (0 while none).
     pub status: u16,
     /// Response body bytes sent to the client.
@@ -108,7 +109,7 @@ impl Record {
             pool: None,
             backend: None,
             attempts: 0,
-            fail_open: false,
+            all_down: None,
             status: 0,
             bytes: 0,
             upstream_head: None,
@@ -127,7 +128,9 @@ impl Record {
         self.route = Some(d.route);
         self.pool = Some(d.choice.pool);
         self.backend = Some(d.choice.backend);
-        self.fail_open = d.choice.fail_open;
+        if d.choice.fail_open {
+            self.all_down = Some(crate::config::WhenAllDown::FailOpen);
+        }
         self.sticky = d.choice.sticky;
         self.split = d.choice.split;
         self.id = RequestId::of(client_id);
