@@ -43,6 +43,8 @@
 #      nocache`, nginx `hash $cookie_sy consistent`, Caddy `cookie` policy. Before each run the
 #      harness makes one request and takes the cookie the proxy sets (nginx sets none: sy=bench-user-1);
 #      wrk sends it with -H "Cookie: ...". Compare h with a: the price of stickiness per request.
+#   r  load a while the proxy reloads its config every RELOAD_EVERY=1 s (SIGHUP; Switchyard only,
+#      the other peers' rows say n/a). Compare r with a: the price of reloading under load.
 #
 # Usage:
 #   bench/peers.sh                   # markdown table on stdout, progress on stderr
@@ -111,6 +113,7 @@ BODY_LEN=100
 PATH_UNDER_TEST=/api/products/1
 STICKY_PATH=/api/carts/1          # load h: pool cart, sticky
 STICKY_COOKIE=""                  # load h: the cookie wrk sends, minted per proxy process
+RELOAD_EVERY=${RELOAD_EVERY:-1}   # load r: seconds between SIGHUPs
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
@@ -637,7 +640,7 @@ CLIENT_ARGS=()
 client_cmd() { # sets CLIENT_ARGS; $1 = load, $2 = duration (s), $3 = http base URL, $4 = https base URL, $5 = h2 log
   local load=$1 dur=$2 http=$3 https=$4
   case $load in
-    a) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency "$http$PATH_UNDER_TEST") ;;
+    a|r) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency "$http$PATH_UNDER_TEST") ;;
     b) CLIENT_ARGS=(wrk -t1 -c256 "-d${dur}s" --latency "$http$PATH_UNDER_TEST") ;;
     c) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency "$https$PATH_UNDER_TEST") ;;
     d) CLIENT_ARGS=(wrk -t1 -c64 "-d${dur}s" --latency -H "Connection: close" "$https$PATH_UNDER_TEST") ;;
@@ -682,6 +685,9 @@ measure_once() { # $1 = rep, $2 = load, $3 = peer ("no-proxy" = straight at the 
       RESULT_LINE="$rep,$load,$peer,NA,NA,NA,0,0,0,0,0,NA,NA,NA,NA,start-failed,NA,NA,NA"; return 0
     fi
     [[ -n ${CHECKED[$peer]:-} ]] || check_peer "$peer"
+    if [[ $load == r && $peer != "$SWITCHYARD_NAME" ]]; then
+      stop_peer; RESULT_LINE="$rep,$load,$peer,NA,NA,NA,0,0,0,0,0,NA,NA,NA,NA,reload-switchyard-only,NA,NA,NA"; return 0
+    fi
     if [[ $load == e && ${H2_OK[$peer]} != 1 ]]; then
       stop_peer; RESULT_LINE="$rep,$load,$peer,NA,NA,NA,0,0,0,0,0,NA,NA,NA,NA,no-h2,NA,NA,NA"; return 0
     fi
@@ -701,7 +707,13 @@ measure_once() { # $1 = rep, $2 = load, $3 = peer ("no-proxy" = straight at the 
   read -r -a c0 < <(cpu_snapshot); t0=$(tree_ticks "$target_pid"); o0=$(tcp_active_opens)
   [[ $target_pid != "$BACKEND_PID" ]] && k0=$(tree_ticks "$BACKEND_PID")
   s0=$(self_ticks)
+  local reloader=""
+  if [[ $load == r ]]; then   # bounded: at most one SIGHUP per second of the run, then it ends
+    (for ((i = 0; i < DURATION; i++)); do sleep "$RELOAD_EVERY"; kill -HUP "$PROXY_PID" 2>/dev/null || break; done) &
+    reloader=$!
+  fi
   run_client "$out" "${CLIENT_ARGS[@]}"
+  [[ -n $reloader ]] && { kill "$reloader" 2>/dev/null; wait "$reloader" 2>/dev/null || true; }
   read -r -a c1 < <(cpu_snapshot); t1=$(tree_ticks "$target_pid"); o1=$(tcp_active_opens)
   [[ $target_pid != "$BACKEND_PID" ]] && k1=$(tree_ticks "$BACKEND_PID")
   s1=$(self_ticks)
@@ -755,9 +767,9 @@ paired() { # $1 load, $2 peer, $3 CSV column -> "median min max" of per-rep rati
             print m, x[1], x[NR] }'
 }
 
-across() { # $1 peer, $2 CSV column -> "median min max" of per-rep ratios load h / load a of that peer
-  awk -F, -v p="$1" -v c="$2" '
-    NR > 1 && $3 == p && $c != "NA" && $c != "" { if ($2 == "a") a[$1] = $c; if ($2 == "h") h[$1] = $c }
+across() { # $1 peer, $2 CSV column, $3 load (default h) -> "median min max" of per-rep ratios load $3 / load a of that peer
+  awk -F, -v p="$1" -v c="$2" -v l="${3:-h}" '
+    NR > 1 && $3 == p && $c != "NA" && $c != "" { if ($2 == "a") a[$1] = $c; if ($2 == l) h[$1] = $c }
     END { for (r in h) if ((r in a) && a[r] > 0) print h[r] / a[r] }' "$CSV" \
   | sort -g | awk '{ x[NR] = $1 }
       END { if (!NR) { print "NA NA NA"; exit }
@@ -774,6 +786,7 @@ load_desc() {
     e) echo "HTTP/2 over TLS, h2load -t1 -c32 -m10, :$TLS_PORT" ;;
     f) echo "HTTP/1.1 keep-alive POST with a 1 KiB JSON body (Content-Length), wrk -t1 -c64, :$HTTP_PORT/api/payments/charge" ;;
     g) echo "HTTP/1.1 keep-alive GET of a 16 KiB JSON response, wrk -t1 -c64, :$HTTP_PORT/api/products/page" ;;
+    r) echo "load a while $SWITCHYARD_NAME reloads its config (SIGHUP) every ${RELOAD_EVERY}s; other peers n/a" ;;
     h) echo "load a with a valid sticky cookie on every request (wrk -H 'Cookie: ...', minted per proxy process), sticky pool cart, :$HTTP_PORT$STICKY_PATH" ;;
   esac
 }
@@ -843,6 +856,12 @@ report() {
       line+=" $peer req/s $(fmt "$hr" '%.2f') ($(fmt "$hr_lo" '%.2f')-$(fmt "$hr_hi" '%.2f')), CPU/req $(fmt "$hu" '%.2f') ($(fmt "$hu_lo" '%.2f')-$(fmt "$hu_hi" '%.2f'));"
     done
     echo "- Stickiness (load h / load a of the same peer, median over reps (range)):${line%;}."
+  fi
+  if [[ " $LOADS " == *" a "* && " $LOADS " == *" r "* ]]; then
+    local rr_ rr_lo_ rr_hi_ ru ru_lo ru_hi
+    read -r rr_ rr_lo_ rr_hi_ < <(across "$SWITCHYARD_NAME" 4 r)
+    read -r ru ru_lo ru_hi < <(across "$SWITCHYARD_NAME" 15 r)
+    echo "- Reloading (load r / load a of $SWITCHYARD_NAME, a SIGHUP every ${RELOAD_EVERY}s, median over reps (range)): req/s $(fmt "$rr_" '%.2f') ($(fmt "$rr_lo_" '%.2f')-$(fmt "$rr_hi_" '%.2f')), CPU/req $(fmt "$ru" '%.2f') ($(fmt "$ru_lo" '%.2f')-$(fmt "$ru_hi" '%.2f'))."
   fi
   local ot otmax
   ot=$(awk -F, 'NR > 1 && $18 != "NA" && $18 != "" {print $18}' "$CSV" | median)
