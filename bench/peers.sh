@@ -713,7 +713,7 @@ measure_once() { # $1 = rep, $2 = load, $3 = peer ("no-proxy" = straight at the 
     reloader=$!
   fi
   run_client "$out" "${CLIENT_ARGS[@]}"
-  [[ -n $reloader ]] && { kill "$reloader" 2>/dev/null; wait "$reloader" 2>/dev/null || true; }
+  if [[ -n $reloader ]]; then kill "$reloader" 2>/dev/null || true; wait "$reloader" 2>/dev/null || true; fi
   read -r -a c1 < <(cpu_snapshot); t1=$(tree_ticks "$target_pid"); o1=$(tcp_active_opens)
   [[ $target_pid != "$BACKEND_PID" ]] && k1=$(tree_ticks "$BACKEND_PID")
   s1=$(self_ticks)
