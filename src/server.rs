@@ -712,10 +712,9 @@ impl Conn {
             return;
         }
         let proxy = self.proxy.clone();
-        let svc_limits = limits.clone();
         let svc = service_fn(move |req: hyper::Request<Incoming>| {
-            let (proxy, info, limits) = (proxy.clone(), info.clone(), svc_limits.clone());
-            async move { Ok::<_, Infallible>(h2::serve(&proxy, &info, &limits, req).await) }
+            let (proxy, info) = (proxy.clone(), info.clone());
+            async move { Ok::<_, Infallible>(h2::serve(&proxy, &info, req).await) }
         });
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

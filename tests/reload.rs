@@ -358,3 +358,24 @@ async fn a_websocket_on_a_removed_listener_echoes_on_until_shutdown_timeout_then
         "cut after {took:?}"
     );
 }
+
+#[tokio::test]
+async fn new_limits_apply_to_the_next_request_of_a_kept_alive_connection() {
+    let b = Backend::echo("b").await;
+    let addrs = [("b", b.addr)];
+    let p = Proxy::start(ONE_POOL, &addrs).await;
+    let mut c = RawConn::open(p.addr).await;
+    let req = format!(
+        "GET /x HTTP/1.1\r\nhost: a\r\nx-pad: {}\r\n\r\n",
+        "p".repeat(2000)
+    );
+    assert!(c.write(&req).await);
+    assert_eq!(c.response_to(false, WAIT).await.unwrap().status, 200);
+    let small = ONE_POOL.replace(
+        "access_log: off",
+        "access_log: off\nlimits: {max_request_header_bytes: 1024}",
+    );
+    p.reload(&small, &addrs).await.unwrap();
+    assert!(c.write(&req).await);
+    assert_eq!(c.response_to(false, WAIT).await.unwrap().status, 431);
+}

@@ -201,6 +201,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
     /// Parse the head at the front of the read buffer and decide its request, writing the
     /// backend's head into `up`; `None` while the head is incomplete.
     fn prepare(&mut self) -> Option<(Record, Prepared)> {
+        // The request's snapshot, and its limits: a reload changes them for the next
+        // request of a kept-alive connection too.
+        let snap = self.proxy.snapshot();
+        if !Arc::ptr_eq(&snap.limits, &self.limits) {
+            self.limits = snap.limits.clone();
+        }
         let mut slots = Slots::default();
         let parsed = head::parse(
             &self.b.read,
@@ -252,7 +258,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
             }
             Framing::Chunked => (Left::Chunked(Default::default()), 0),
         };
-        let snap = self.proxy.snapshot();
         let action = match decide::decide(&snap, &self.info, &h, &mut ()) {
             Err(e) => Action::Answer(Box::new(proxy::fail(e, &mut record))),
             Ok(Decision::Redirect(location)) => {

@@ -4,7 +4,6 @@
 //! edits. Streams are concurrent, so the response wait has a timer per stream.
 
 use crate::body::{Body, RequestBody, Source, Stream};
-use crate::config::Limits;
 use crate::error::ProxyError;
 use crate::proxy::decide::{self, Decision, Target, View};
 use crate::proxy::edit::{Scan, To, map_fields};
@@ -43,12 +42,7 @@ impl View for Parts {
 }
 
 /// Answer one HTTP/2 request.
-pub async fn serve(
-    proxy: &Proxy,
-    info: &Arc<ConnInfo>,
-    limits: &Limits,
-    req: Request<Incoming>,
-) -> Response<Body> {
+pub async fn serve(proxy: &Proxy, info: &Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let mut record = Record::start(info);
     let (parts, body) = req.into_parts();
     record.method = Some(parts.method.clone());
@@ -56,7 +50,7 @@ pub async fn serve(
     if record.wants_text() {
         record.text = Some(Box::new(text(&parts)));
     }
-    let resp = match try_serve(proxy, info, limits, parts, body, &mut record).await {
+    let resp = match try_serve(proxy, info, parts, body, &mut record).await {
         Ok(Reply::Answer(answer, read_timeout)) => proxy::to_map(answer, read_timeout, &mut record),
         Ok(Reply::Redirect(location)) => proxy::redirect(location, &mut record),
         Err(e) => proxy::fail(e, &mut record),
@@ -79,7 +73,6 @@ fn with_record(mut resp: Response<Body>, record: Record) -> Response<Body> {
 async fn try_serve(
     proxy: &Proxy,
     info: &Arc<ConnInfo>,
-    limits: &Limits,
     parts: Parts,
     body: Incoming,
     record: &mut Record,
@@ -92,7 +85,9 @@ async fn try_serve(
     let scan = Scan::request(map_fields(&parts.headers));
     record.decided(&snap, &d, scan.client_id);
     let pool = &snap.pools[d.choice.pool];
-    let mut stream = Stream::new(body, d.body_limit, limits.client_body_timeout);
+    // The limits of the snapshot this request was decided on: a reload changes them for the
+    // next request of a connection, not only for new connections.
+    let mut stream = Stream::new(body, d.body_limit, snap.limits.client_body_timeout);
     let has_body = !stream.is_empty();
     let chunked = has_body && parts.content_length().is_none();
     let id = (!record.id_is_given()).then(|| record.id_bytes().to_vec());
