@@ -235,8 +235,22 @@ fn summary(path: &Path, c: &Config) -> String {
             (config::Protocol::H2, None) => "h2c",
             (config::Protocol::H2, Some(_)) => "h2 over TLS",
         };
+        let mut health = String::new();
+        if let Some(h) = &p.health_check {
+            health += &match h.kind {
+                config::CheckKind::Http => format!(", checks GET {}", h.path),
+                config::CheckKind::Tcp => ", checks tcp".to_string(),
+            };
+            health += &format!(
+                " every {:?} (down after {}, up after {})",
+                h.interval, h.unhealthy_threshold, h.healthy_threshold
+            );
+        }
+        if let Some(n) = p.eject_on_5xx {
+            health += &format!(", ejects after {n} 5xx");
+        }
         s += &format!(
-            "  {:<12} {proto}, {}, retries {}, connect {:?}, response {:?}: {}\n",
+            "  {:<12} {proto}, {}, retries {}, connect {:?}, response {:?}{health}: {}\n",
             p.name,
             p.balance.as_str(),
             p.retries,
@@ -423,6 +437,12 @@ fn print_tour(server: &Server, config: &Config) {
     let _ = writeln!(
         out,
         "\nRepeat a request to watch round robin move between backends (x-backend header)."
+    );
+    let _ = writeln!(
+        out,
+        "Edit the config (or kill -HUP {}) and the proxy reloads it; a bad edit is refused\n\
+         with its line and column, and the running config stays.",
+        std::process::id()
     );
     let _ = writeln!(out, "Ctrl-C stops it.\n");
 }

@@ -41,6 +41,11 @@ fn check_reports_every_semantic_error_with_its_position() {
 }
 
 #[test]
+fn check_reports_every_health_setting_that_makes_no_sense() {
+    golden("bad_health", 1);
+}
+
+#[test]
 fn check_reports_an_unknown_key_where_it_is() {
     golden("bad_typo", 1);
 }
