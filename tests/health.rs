@@ -109,9 +109,11 @@ pools:
 routes: [{name: all, pool: grpc}, {name: t, match: {prefix: /t}, pool: tcp}]
 "#;
     let live = Backend::echo("live").await;
-    let p = Proxy::start(
+    // Two workers, and still one checker per backend.
+    let p = Proxy::start_workers(
         yaml,
         &[("h2", h2.addr), ("dead", dead), ("live", live.addr)],
+        2,
     )
     .await;
     let snap = || p.shared.load();
