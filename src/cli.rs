@@ -129,12 +129,17 @@ fn init_tracing(level: Option<&str>) {
 
 /// Load `path`, printing warnings, or every error.
 fn load(path: &Path) -> Option<Config> {
-    match config::load(path) {
-        Ok(loaded) => {
+    load_text(path).map(|(c, _)| c)
+}
+
+/// [`load`], and the text it loaded.
+fn load_text(path: &Path) -> Option<(Config, String)> {
+    match config::load_text(path) {
+        Ok((loaded, text)) => {
             for w in &loaded.warnings {
                 eprintln!("{w}");
             }
-            Some(loaded.config)
+            Some((loaded.config, text))
         }
         Err(errors) => {
             for e in &errors {
@@ -319,7 +324,8 @@ fn run(args: &RunArgs, demo: bool) -> anyhow::Result<()> {
             tracing::info!(cert = %cert.display(), key = %key.display(), "generated a self-signed localhost certificate");
         }
     }
-    let config = load(path).ok_or_else(|| anyhow::anyhow!("{} is not valid", path.display()))?;
+    let (config, text) =
+        load_text(path).ok_or_else(|| anyhow::anyhow!("{} is not valid", path.display()))?;
     let workers = workers(args, &config);
     let rt = runtime()?;
     rt.block_on(async move {
@@ -331,7 +337,7 @@ fn run(args: &RunArgs, demo: bool) -> anyhow::Result<()> {
             print_tour(&server, &config);
         }
         let reloader =
-            crate::reload::Reloader::new(path.clone(), server.control(), server.shared());
+            crate::reload::Reloader::new(path.clone(), text, server.control(), server.shared());
         tokio::spawn(reloader.run());
         server.run(shutdown_signal()).await;
         Ok(())

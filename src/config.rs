@@ -369,6 +369,11 @@ pub struct Loaded {
 
 /// Read, parse and validate the config at `path`.
 pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
+    load_text(path).map(|(l, _)| l)
+}
+
+/// [`load`], and the text that was loaded (what a reload compares changes with).
+pub fn load_text(path: &Path) -> Result<(Loaded, String), Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
             file: path.to_path_buf(),
@@ -376,7 +381,7 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
             message: format!("cannot read the config file: {e}"),
         }]
     })?;
-    parse(path, &text)
+    parse(path, &text).map(|l| (l, text))
 }
 
 /// Parse and validate config `text`; `path` is used in messages.

@@ -23,7 +23,7 @@ use crate::upstream::{self, Connector};
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,9 +40,18 @@ pub struct Passive {
     failures: AtomicU32,
     /// 5xx responses in a row.
     fives: AtomicU32,
+    /// Ejections in a row of the current cause, for the doubling.
     ejections: AtomicU32,
     ejected_until: AtomicU64,
+    /// What the current (or last) ejection was for: [`NONE`], [`CONNECT`] or [`FIVES`].
+    /// A successful connect ends only a connect ejection, a good response only a 5xx one:
+    /// a backend that answers 500 still accepts connections.
+    cause: AtomicU8,
 }
+
+const NONE: u8 = 0;
+const CONNECT: u8 = 1;
+const FIVES: u8 = 2;
 
 impl Passive {
     /// False while the backend is ejected. Reads the clock only for a backend that has
@@ -64,7 +73,7 @@ impl Passive {
             return None;
         }
         self.failures.store(0, Relaxed);
-        may_eject().then(|| self.eject(now_ms))
+        may_eject().then(|| self.eject(CONNECT, now_ms))
     }
 
     /// Count a response status against `eject_on_5xx`; returns the ejection time if this
@@ -81,6 +90,9 @@ impl Passive {
             if self.fives.load(Relaxed) != 0 {
                 self.fives.store(0, Relaxed);
             }
+            if self.cause.load(Relaxed) == FIVES {
+                self.end(FIVES);
+            }
             return None;
         }
         let n = self.fives.fetch_add(1, Relaxed) + 1;
@@ -88,10 +100,14 @@ impl Passive {
             return None;
         }
         self.fives.store(0, Relaxed);
-        may_eject().then(|| self.eject(now_ms))
+        may_eject().then(|| self.eject(FIVES, now_ms))
     }
 
-    fn eject(&self, now_ms: u64) -> Duration {
+    fn eject(&self, cause: u8, now_ms: u64) -> Duration {
+        // Doubling while the same trouble goes on; another cause starts over.
+        if self.cause.swap(cause, Relaxed) != cause {
+            self.ejections.store(0, Relaxed);
+        }
         let k = self.ejections.fetch_add(1, Relaxed).min(16);
         let d = BASE_EJECTION.saturating_mul(1 << k).min(MAX_EJECTION);
         self.ejected_until
@@ -99,26 +115,41 @@ impl Passive {
         d
     }
 
-    /// A connect succeeded: the failure streak and the backoff start over.
+    /// The ejection for `cause`, if it is the current one, is over, and so is its backoff.
+    fn end(&self, cause: u8) {
+        if self
+            .cause
+            .compare_exchange(cause, NONE, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.ejections.store(0, Relaxed);
+            self.ejected_until.store(0, Relaxed);
+        }
+    }
+
+    /// A connect succeeded: the failure streak starts over, and a connect ejection and its
+    /// backoff end.
     pub fn connected(&self) {
         // Loads first: on the hot path these are almost always 0, and a load does not
         // take the cache line exclusive the way a store does.
         if self.failures.load(Relaxed) != 0 {
             self.failures.store(0, Relaxed);
         }
-        if self.ejections.load(Relaxed) != 0 {
-            self.ejections.store(0, Relaxed);
-        }
-        if self.ejected_until.load(Relaxed) != 0 {
-            self.ejected_until.store(0, Relaxed);
+        if self.cause.load(Relaxed) == CONNECT {
+            self.end(CONNECT);
         }
     }
 
-    /// An active check passed: an ejection ends now.
+    /// An active check passed: any ejection ends now (SPEC "Health").
     fn check_passed(&self) {
-        self.connected();
+        if self.failures.load(Relaxed) != 0 {
+            self.failures.store(0, Relaxed);
+        }
         if self.fives.load(Relaxed) != 0 {
             self.fives.store(0, Relaxed);
+        }
+        for cause in [CONNECT, FIVES] {
+            self.end(cause);
         }
     }
 }
@@ -163,6 +194,8 @@ struct Target {
 #[derive(Default)]
 pub struct Checks {
     tasks: Mutex<HashMap<(Arc<str>, SocketAddr), Task>>,
+    /// Checkers started so far (a reload that keeps a check starts none).
+    started: AtomicU64,
 }
 
 struct Task {
@@ -207,6 +240,7 @@ impl Checks {
                 };
                 let stop = CancellationToken::new();
                 tokio::spawn(run(target, b.state.clone(), stop.clone()));
+                self.started.fetch_add(1, Relaxed);
                 next.insert(
                     key,
                     Task {
@@ -232,6 +266,11 @@ impl Checks {
         for (_, t) in self.tasks.lock().expect("health checks lock").drain() {
             t.stop.cancel();
         }
+    }
+
+    /// How many checkers were started so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Relaxed)
     }
 
     /// How many checkers run.
@@ -331,8 +370,8 @@ async fn h1_status(mut io: upstream::h1::Io, path: &str, host: &str) -> Result<u
         .map_err(|e| format!("send failed: {e}"))?;
     let mut buf = [0u8; 64];
     let mut n = 0;
-    // The status line is all a check reads: `HTTP/1.1 200` fits in the first 12 bytes.
-    while n < 12 {
+    // The status line is all a check reads: `HTTP/1.1 200 ` is its first 13 bytes.
+    while n < 13 {
         match io.read(&mut buf[n..]).await {
             Ok(0) => return Err("closed without a response".into()),
             Ok(k) => n += k,
@@ -346,7 +385,11 @@ async fn h1_status(mut io: upstream::h1::Io, path: &str, host: &str) -> Result<u
 fn parse_status(line: &[u8]) -> Option<u16> {
     let rest = line.strip_prefix(b"HTTP/1.")?;
     let code = rest.get(2..5)?;
-    if rest.get(1) != Some(&b' ') || !code.iter().all(u8::is_ascii_digit) {
+    let after = rest.get(5).copied().unwrap_or(b' ');
+    if rest.get(1) != Some(&b' ')
+        || !code.iter().all(u8::is_ascii_digit)
+        || !matches!(after, b' ' | b'\r')
+    {
         return None;
     }
     std::str::from_utf8(code).ok()?.parse().ok()
@@ -443,11 +486,38 @@ mod tests {
     }
 
     #[test]
+    fn a_5xx_ejection_outlasts_new_connections_and_doubles_while_the_5xx_go_on() {
+        let p = Passive::default();
+        let now = now_ms();
+        let eject = |p: &Passive| {
+            let mut last = None;
+            for _ in 0..3 {
+                last = p.responded(500, Some(3), now, || true);
+            }
+            last
+        };
+        assert_eq!(eject(&p), Some(Duration::from_secs(30)));
+        p.connected();
+        assert!(!p.available(), "it connects, but it still answers 500");
+        assert_eq!(eject(&p), Some(Duration::from_secs(60)), "doubled");
+        p.responded(200, Some(3), now, || true);
+        assert!(p.available(), "a good answer ends it");
+        assert_eq!(eject(&p), Some(Duration::from_secs(30)), "and the backoff");
+        // A connect ejection starts its own backoff and ends at a successful connect.
+        fail(&p, 5, now, true);
+        assert!(!p.available());
+        p.connected();
+        assert!(p.available());
+    }
+
+    #[test]
     fn status_lines_parse() {
         assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
         assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
         assert_eq!(parse_status(b"HTTP/1.1 20"), None);
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
         assert_eq!(parse_status(b"HTTP/1.1  200"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 2000"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 200"), Some(200));
     }
 }

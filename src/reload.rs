@@ -46,8 +46,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Listen for SIGHUP and watch `path` (needs a tokio runtime).
-    pub fn new(path: PathBuf, control: Control, shared: Arc<Shared>) -> Reloader {
+    /// Listen for SIGHUP and watch `path`, whose running config was made from `loaded`
+    /// (needs a tokio runtime).
+    pub fn new(path: PathBuf, loaded: String, control: Control, shared: Arc<Shared>) -> Reloader {
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher = match file_watcher(&path, tx.clone()) {
             Ok(w) => Some(w),
@@ -70,7 +71,7 @@ impl Reloader {
             Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
         }
         Reloader {
-            loaded: std::fs::read_to_string(&path).ok(),
+            loaded: Some(loaded),
             path,
             control,
             shared,
@@ -133,7 +134,13 @@ async fn run(
 
 /// Parse, validate and hand `text` to the server.
 async fn reload(path: &Path, text: &str, control: &Control) -> Result<(), String> {
-    let loaded = match config::parse(path, text) {
+    // Off the runtime: it serves worker 0's connections and the health checks, and a big
+    // config takes tens of milliseconds to parse (and backend names block to resolve).
+    let (p, t) = (path.to_path_buf(), text.to_string());
+    let parsed = tokio::task::spawn_blocking(move || config::parse(&p, &t))
+        .await
+        .map_err(|e| format!("{}: the config parser failed: {e}", path.display()))?;
+    let loaded = match parsed {
         Ok(l) => l,
         Err(errors) => {
             for e in &errors {
@@ -183,7 +190,12 @@ fn file_watcher(
     let name = path.file_name().map(ToOwned::to_owned);
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let Ok(ev) = ev else { return };
-        if matches!(ev.kind, EventKind::Access(_) | EventKind::Other) {
+        if matches!(ev.kind, EventKind::Access(_)) {
+            return;
+        }
+        // A rescan (the kernel's event queue overflowed) may hide a change: look.
+        if ev.need_rescan() {
+            let _ = tx.send(Why::File);
             return;
         }
         let ours = ev.paths.iter().any(|p| {

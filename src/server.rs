@@ -70,7 +70,9 @@ struct Bound {
 /// connections. Its settings are not here: each new connection reads them from the
 /// current snapshot, so a reload changes them without re-binding.
 struct ListenerRun {
-    name: Arc<str>,
+    /// Its name now: a reload that gives the address another name renames it (the sockets
+    /// stay, and nothing queued on them is lost).
+    name: std::sync::Mutex<Arc<str>>,
     /// The configured address (a reload re-binds only when this changes).
     bind: SocketAddr,
     limit: Arc<ConnLimit>,
@@ -227,7 +229,7 @@ impl Server {
         };
         let shared = Arc::new(Shared::new(Snapshot::compile(config, None)));
         for b in &listeners {
-            shared.set_listener_addr(&b.run.name, b.sockets[0].local_addr().ok());
+            shared.set_listener_addr(&b.run.name(), b.sockets[0].local_addr().ok());
         }
         let (tx, commands) = mpsc::unbounded_channel();
         Ok(Server {
@@ -250,7 +252,7 @@ impl Server {
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|b| &*b.run.name == name)
+            .find(|b| &*b.run.name() == name)
             .and_then(|b| b.sockets[0].local_addr().ok())
     }
 
@@ -381,7 +383,7 @@ impl Bound {
         }
         Ok(Bound {
             run: Arc::new(ListenerRun {
-                name: l.name.clone(),
+                name: std::sync::Mutex::new(l.name.clone()),
                 bind: l.bind,
                 limit: Arc::new(ConnLimit::new(max_connections)),
                 stop: Signal::default(),
@@ -392,11 +394,17 @@ impl Bound {
     }
 }
 
+impl ListenerRun {
+    fn name(&self) -> Arc<str> {
+        self.name.lock().expect("listener name lock").clone()
+    }
+}
+
 /// After `grace`, cut the connections `l` still has (shutdown, or the listener removed).
 async fn kill_after(l: Arc<ListenerRun>, grace: Duration, shutdown: bool) {
     tokio::time::sleep(grace).await;
     if !shutdown {
-        tracing::info!(listener = %l.name, ?grace, "removed listener: closing its remaining connections");
+        tracing::info!(listener = %l.name(), ?grace, "removed listener: closing its remaining connections");
     }
     l.kill.fire();
 }
@@ -415,7 +423,7 @@ impl Running {
     /// Hand `b`'s sockets to the workers.
     fn start(&mut self, b: Bound) {
         if let Ok(addr) = b.sockets[0].local_addr() {
-            tracing::info!(listener = %b.run.name, %addr, "listening");
+            tracing::info!(listener = %b.run.name(), %addr, "listening");
         }
         for (tx, socket) in self.senders.iter().zip(b.sockets) {
             let _ = tx.send(Socket {
@@ -429,23 +437,26 @@ impl Running {
     /// Take `config`: bind what it adds (or re-binds) first, so a failure changes nothing;
     /// then swap the snapshot, start the new listeners and drain the removed ones.
     fn reload(&mut self, config: Config) -> Result<(), String> {
-        let keeps = |l: &ListenerRun| {
-            config
-                .listeners
-                .iter()
-                .any(|n| n.name == l.name && n.bind == l.bind)
-        };
+        // Each running listener: kept (same name and bind), renamed (its bind now has
+        // another name, which no running listener keeps), or removed.
+        let same = |r: &ListenerRun, l: &config::Listener| r.name() == l.name && r.bind == l.bind;
+        let mut renames: Vec<(usize, Arc<str>)> = Vec::new();
         let mut added = Vec::new();
         for l in &config.listeners {
-            if self
-                .listeners
-                .iter()
-                .any(|r| r.name == l.name && r.bind == l.bind)
-            {
+            if self.listeners.iter().any(|r| same(r, l)) {
                 continue;
             }
-            // A listener that moves to another address frees its old one only after this
-            // succeeds; moving one onto an address another listener leaves is two reloads.
+            let leaving = self.listeners.iter().position(|r| {
+                l.bind.port() != 0
+                    && r.bind == l.bind
+                    && !config.listeners.iter().any(|n| same(r, n))
+            });
+            if let Some(i) = leaving
+                && !renames.iter().any(|(j, _)| *j == i)
+            {
+                renames.push((i, l.name.clone()));
+                continue;
+            }
             added.push(
                 Bound::new(l, self.workers, config.limits.max_connections)
                     .map_err(|e| e.to_string())?,
@@ -453,7 +464,25 @@ impl Running {
         }
         let max = config.limits.max_connections;
         let grace = config.shutdown_timeout;
-        let (kept, removed): (Vec<_>, Vec<_>) = self.listeners.drain(..).partition(|l| keeps(l));
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for (i, r) in self.listeners.drain(..).enumerate() {
+            if let Some((_, name)) = renames.iter().find(|(j, _)| *j == i) {
+                let old = std::mem::replace(
+                    &mut *r.name.lock().expect("listener name lock"),
+                    name.clone(),
+                );
+                tracing::info!(listener = %name, was = %old, bind = %r.bind, "listener renamed");
+                let addr = self.shared.listener_addr(&old);
+                self.shared.set_listener_addr(&old, None);
+                self.shared.set_listener_addr(name, addr);
+                kept.push(r);
+            } else if config.listeners.iter().any(|n| same(&r, n)) {
+                kept.push(r);
+            } else {
+                removed.push(r);
+            }
+        }
         self.listeners = kept;
         let _ = self.proxy.log().set_format(config.access_log);
         self.shared.swap(config);
@@ -461,14 +490,15 @@ impl Running {
             l.limit.resize(max);
         }
         for l in removed {
-            tracing::info!(listener = %l.name, bind = %l.bind, "listener removed: draining its connections");
-            self.shared.set_listener_addr(&l.name, None);
+            let name = l.name();
+            tracing::info!(listener = %name, bind = %l.bind, "listener removed: draining its connections");
+            self.shared.set_listener_addr(&name, None);
             l.stop.fire();
             tokio::spawn(kill_after(l, grace, false));
         }
         for b in added {
             self.shared
-                .set_listener_addr(&b.run.name, b.sockets[0].local_addr().ok());
+                .set_listener_addr(&b.run.name(), b.sockets[0].local_addr().ok());
             self.start(b);
         }
         Ok(())
@@ -530,10 +560,11 @@ struct Accept {
 
 impl Accept {
     async fn run(self, listener: TcpListener) {
-        let name = self.run.name.clone();
-        // Built for the listener's `session_resumption`, again if a reload changes it.
+        let mut name = self.run.name();
+        // Built for the listener's name and `session_resumption`, again if a reload
+        // changes either.
         let mut tls: Option<(bool, TlsAcceptor)> = None;
-        let stats = self.shared.listener_stats(&name);
+        let mut stats = self.shared.listener_stats(&name);
         let limit = self.run.limit.clone();
         let Some(mut last) = self.shared.load().listener(&name).cloned() else {
             return;
@@ -548,6 +579,12 @@ impl Accept {
                 a = net::accept(&listener) => a,
                 _ = self.run.stop.fired() => break,
             };
+            let now = self.run.name();
+            if now != name {
+                name = now;
+                stats = self.shared.listener_stats(&name);
+                tls = None;
+            }
             // This connection's settings: the current snapshot's, or, for a listener a
             // reload is removing this moment, the last it had.
             let snap = self.shared.load();
@@ -560,7 +597,12 @@ impl Accept {
                 Some(_) => {
                     let resumption = cfg.session_resumption;
                     if tls.as_ref().is_none_or(|(r, _)| *r != resumption) {
-                        let c = tls::server_config(self.shared.clone(), name.clone(), resumption);
+                        let c = tls::server_config(
+                            self.shared.clone(),
+                            name.clone(),
+                            cfg.tls.clone(),
+                            resumption,
+                        );
                         tls = Some((resumption, TlsAcceptor::from(c)));
                     }
                     tls.as_ref().map(|(_, a)| a.clone())
@@ -630,7 +672,11 @@ impl Conn {
         let (_, session) = stream.get_ref();
         let h2 = session.alpn_protocol() == Some(b"h2");
         let sni = session.server_name().map(str::to_ascii_lowercase);
-        let Some(certs) = tls::listener_certs(&self.shared, &self.listener.name) else {
+        // The current certificates; those of the listener as accepted when a reload has
+        // removed it (or its TLS) meanwhile.
+        let Some(certs) = tls::listener_certs(&self.shared, &self.listener.name)
+            .or_else(|| self.listener.tls.clone())
+        else {
             return;
         };
         let info = TlsInfo {

@@ -27,6 +27,9 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 struct Resolver {
     shared: Arc<Shared>,
     listener: Arc<str>,
+    /// The certificates last found: a handshake that a reload removing the listener
+    /// overtakes still completes (its connection was accepted before).
+    last: arc_swap::ArcSwapOption<Certs>,
 }
 
 impl fmt::Debug for Resolver {
@@ -39,7 +42,20 @@ impl fmt::Debug for Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let certs = listener_certs(&self.shared, &self.listener)?;
+        let certs = match listener_certs(&self.shared, &self.listener) {
+            Some(c) => {
+                if !self
+                    .last
+                    .load()
+                    .as_ref()
+                    .is_some_and(|l| Arc::ptr_eq(l, &c))
+                {
+                    self.last.store(Some(c.clone()));
+                }
+                c
+            }
+            None => self.last.load_full()?,
+        };
         let sni = hello.server_name().map(str::to_ascii_lowercase);
         let i = certs.resolve(sni.as_deref());
         Some(certs.key(i))
@@ -59,16 +75,22 @@ pub fn listener_certs(shared: &Shared, name: &str) -> Option<Arc<Certs>> {
 
 /// The rustls config of a TLS listener: TLS 1.2 and 1.3, ALPN h2 and http/1.1, and unless
 /// turned off, session resumption by tickets and by a session cache.
+/// `certs` are the listener's now, kept for handshakes that outlive it.
 pub fn server_config(
     shared: Arc<Shared>,
     listener: Arc<str>,
+    certs: Option<Arc<Certs>>,
     resumption: bool,
 ) -> Arc<ServerConfig> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the default provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Resolver { shared, listener }));
+        .with_cert_resolver(Arc::new(Resolver {
+            shared,
+            listener,
+            last: arc_swap::ArcSwapOption::new(certs),
+        }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if !resumption {
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

@@ -70,7 +70,8 @@ async fn a_backend_failing_its_check_gets_no_traffic_and_gets_it_back_after_reco
     .await;
     // Two failed checks 100 ms (+-10 %) apart, after the one in flight.
     let took = flipped.elapsed();
-    assert!(took < Duration::from_millis(800), "took {took:?}");
+    // Loose for a loaded machine; what is held is "seconds, not a TTL".
+    assert!(took < Duration::from_secs(2), "took {took:?}");
     assert_eq!(state().active.reason().as_deref(), Some("status 500"));
     let served = who(&url, 40, 200).await;
     assert!(served.iter().all(|s| s == "b"), "{served:?}");
@@ -127,12 +128,12 @@ routes: [{name: all, pool: grpc}, {name: t, match: {prefix: /t}, pool: tcp}]
         snap().pools[1].backends[0].state.active.reason().as_deref(),
         Some("connection refused")
     );
-    assert!(
-        versions
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|v| *v == http::Version::HTTP_2)
+    let seen = versions.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the h2 backend was checked");
+    assert!(seen.iter().all(|v| *v == http::Version::HTTP_2), "{seen:?}");
+    assert_eq!(
+        snap().pools[0].backends[0].state.active.reason().as_deref(),
+        Some("status 503")
     );
     assert_eq!(live.hits(), 0, "a tcp check sends no request");
     assert_eq!(p.shared.checks.len(), 3);
@@ -344,9 +345,12 @@ async fn health_of_a_backend_that_stays_survives_a_reload() {
         "routes: [{name: all, pool: p}]",
         "routes: [{name: new, match: {prefix: /new}, pool: p}, {name: all, pool: p}]",
     );
+    let started = p.shared.checks.started();
+    assert_eq!(started, 2);
     p.reload(&with_route, &addrs).await.unwrap();
     assert!(state().active.is_down(), "still down on the new snapshot");
-    assert_eq!(p.shared.checks.len(), 2, "the same two checkers");
+    assert_eq!(p.shared.checks.len(), 2);
+    assert_eq!(p.shared.checks.started(), started, "the same two checkers");
     let served = who(&p.url("/new"), 10, 200).await;
     assert!(served.iter().all(|s| s == "b"), "{served:?}");
 }

@@ -124,7 +124,12 @@ async fn reloads_are_counted_and_the_last_outcome_is_kept() {
     let yaml = config("127.0.0.1:0", b.addr, "{name: all, pool: p}");
     std::fs::write(&path, &yaml).unwrap();
     let p = Proxy::start(&yaml, &[]).await;
-    let reloader = Reloader::new(path.clone(), p.control.clone(), p.shared.clone());
+    let reloader = Reloader::new(
+        path.clone(),
+        yaml.clone(),
+        p.control.clone(),
+        p.shared.clone(),
+    );
     tokio::spawn(reloader.run());
     let reloads = &p.shared.reloads;
 
@@ -275,7 +280,7 @@ async fn a_listener_added_by_reload_accepts_and_a_removed_one_stops_after_its_re
     )
     .await;
     assert!(p.shared.listener_addr("extra").is_none());
-    release.notify_waiters();
+    release.notify_one();
     let got = in_flight.await.unwrap();
     assert_eq!((got.status, got.text().as_str()), (200, "finished"));
     // The one that stays serves on.
@@ -284,7 +289,7 @@ async fn a_listener_added_by_reload_accepts_and_a_removed_one_stops_after_its_re
         async move { get(&url).await }
     });
     eventually(WAIT, || async { b.hits() == 2 }).await;
-    release.notify_waiters();
+    release.notify_one();
     assert_eq!(next.await.unwrap().status, 200);
 }
 
@@ -378,4 +383,124 @@ async fn new_limits_apply_to_the_next_request_of_a_kept_alive_connection() {
     p.reload(&small, &addrs).await.unwrap();
     assert!(c.write(&req).await);
     assert_eq!(c.response_to(false, WAIT).await.unwrap().status, 431);
+}
+
+#[tokio::test]
+async fn renaming_a_listener_keeps_its_sockets_and_its_connections() {
+    let b = Backend::echo("b").await;
+    let bind = free_port().await;
+    let named = |name: &str| {
+        ONE_POOL.replace(
+            r#"[{name: web, bind: "{listen}"}]"#,
+            &format!(r#"[{{name: {name}, bind: "{bind}"}}]"#),
+        )
+    };
+    let addrs = [("b", b.addr)];
+    let p = Proxy::start(&named("web"), &addrs).await;
+    let mut c = RawConn::open(p.addr).await;
+    let req = "GET /x HTTP/1.1\r\nhost: a\r\n\r\n";
+    assert!(c.write(req).await);
+    assert_eq!(c.response_to(false, WAIT).await.unwrap().status, 200);
+
+    p.reload(&named("front"), &addrs).await.unwrap();
+    assert_eq!(p.shared.listener_addr("front"), Some(p.addr));
+    assert_eq!(p.shared.listener_addr("web"), None);
+    // The connection opened before goes on (nothing was drained), and new ones come in.
+    assert!(c.write(req).await);
+    assert_eq!(c.response_to(false, WAIT).await.unwrap().status, 200);
+    assert_eq!(get(&p.url("/y")).await.status, 200);
+}
+
+#[tokio::test]
+async fn no_request_fails_across_reloads_that_resize_limits_and_move_listeners_with_two_workers() {
+    let b = Backend::echo("b").await;
+    let addrs = [("b", b.addr)];
+    let with = |max: usize, extra: bool| {
+        let listeners = if extra {
+            r#"[{name: web, bind: "{listen}"}, {name: extra, bind: "{listen2}"}]"#
+        } else {
+            r#"[{name: web, bind: "{listen}"}]"#
+        };
+        ONE_POOL
+            .replace(r#"[{name: web, bind: "{listen}"}]"#, listeners)
+            .replace(
+                "access_log: off",
+                &format!("access_log: off\nlimits: {{max_connections: {max}}}"),
+            )
+    };
+    let p = Proxy::start_workers(&with(1000, false), &addrs, 2).await;
+    let stop_at = Instant::now() + Duration::from_secs(2);
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let url = p.url(&format!("/c{c}"));
+        clients.push(tokio::spawn(async move {
+            let keep = client();
+            let mut n = 0;
+            while Instant::now() < stop_at && n < 20_000 {
+                // Half the clients open a connection per request: accepts across reloads.
+                let got = if c % 2 == 0 {
+                    get_with(&keep, &url, &[]).await
+                } else {
+                    get(&url).await
+                };
+                assert_eq!(got.status, 200, "client {c} request {n}");
+                n += 1;
+            }
+            n
+        }));
+    }
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (max, extra) = [(64, true), (2000, false), (100, true), (1000, false)][i];
+        p.reload(&with(max, extra), &addrs).await.unwrap();
+    }
+    let mut total = 0;
+    for c in clients {
+        total += c.await.unwrap();
+    }
+    assert!(total > 100, "load ran: {total}");
+}
+
+#[tokio::test]
+async fn a_reload_raises_and_lowers_max_connections_on_a_running_listener() {
+    let b = Backend::echo("b").await;
+    let addrs = [("b", b.addr)];
+    let max = |n: usize| {
+        ONE_POOL.replace(
+            "access_log: off",
+            &format!("access_log: off\nlimits: {{max_connections: {n}}}"),
+        )
+    };
+    let p = Proxy::start(&max(1), &addrs).await;
+    let req = "GET /x HTTP/1.1\r\nhost: a\r\n\r\n";
+    let mut a = RawConn::open(p.addr).await;
+    assert!(a.write(req).await);
+    assert_eq!(a.response_to(false, WAIT).await.unwrap().status, 200);
+    // Over the limit: connected (the kernel's backlog), not served.
+    let mut second = RawConn::open(p.addr).await;
+    assert!(second.write(req).await);
+    assert!(
+        second
+            .response_to(false, Duration::from_millis(300))
+            .await
+            .is_err()
+    );
+    p.reload(&max(2), &addrs).await.unwrap();
+    assert_eq!(second.response_to(false, WAIT).await.unwrap().status, 200);
+
+    // Lowered while two are open: neither is cut, and a third waits for both to go.
+    p.reload(&max(1), &addrs).await.unwrap();
+    assert!(a.write(req).await);
+    assert_eq!(a.response_to(false, WAIT).await.unwrap().status, 200);
+    let mut third = RawConn::open(p.addr).await;
+    assert!(third.write(req).await);
+    drop(second);
+    assert!(
+        third
+            .response_to(false, Duration::from_millis(300))
+            .await
+            .is_err()
+    );
+    drop(a);
+    assert_eq!(third.response_to(false, WAIT).await.unwrap().status, 200);
 }
