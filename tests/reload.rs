@@ -504,3 +504,22 @@ async fn a_reload_raises_and_lowers_max_connections_on_a_running_listener() {
     drop(a);
     assert_eq!(third.response_to(false, WAIT).await.unwrap().status, 200);
 }
+
+#[tokio::test]
+async fn the_access_log_format_follows_a_reload_on_every_request_path() {
+    matrix::every_shape(|shape| async move {
+        let m = Matrix::start(shape, Spec::new(vec![matrix::Kind::Echo("a")]).log()).await;
+        let path = |name: &str| format!("{}/{name}", matrix::PREFIX);
+        assert_eq!(m.send(&Req::get(&path("one"))).await.status, 200);
+        assert_eq!(m.next_log().await["path"], path("one"));
+        m.reload(|y| y.replace("access_log: json", "access_log: off"))
+            .await
+            .unwrap();
+        assert_eq!(m.send(&Req::get(&path("unlogged"))).await.status, 200);
+        m.reload(|y| y.to_string()).await.unwrap();
+        assert_eq!(m.send(&Req::get(&path("two"))).await.status, 200);
+        // The next line is the second logged request's: the one sent while off left none.
+        assert_eq!(m.next_log().await["path"], path("two"), "{}", shape.name());
+    })
+    .await;
+}
