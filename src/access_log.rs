@@ -80,6 +80,11 @@ impl AccessLog {
         decode(self.format.swap(code(format), Relaxed))
     }
 
+    /// Lines dropped so far because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
     /// Queue `entry` for the writer; dropped (and counted) if it is that far behind.
     pub fn send(&self, entry: Box<Entry>) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(entry) {

@@ -1,8 +1,9 @@
-//! The admin listener: `/healthz` (the process is up) and `/ready` (every listener is
-//! bound and the proxy is not shutting down; 503 otherwise).
-// TODO(#metrics): /metrics and /status.
+//! The admin listener: `/healthz` (the process is up), `/ready` (every listener is bound
+//! and the proxy is not shutting down; 503 otherwise) and `/metrics` (Prometheus text).
+// TODO(#metrics): /status and the dashboard page.
 
 use crate::body::Body;
+use crate::metrics::Metrics;
 use crate::snapshot::Shared;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -15,17 +16,17 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
 /// Serve admin requests on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metrics>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin listening");
     }
     loop {
         let (tcp, _) = crate::net::accept(&listener).await;
-        let shared = shared.clone();
+        let (shared, metrics) = (shared.clone(), metrics.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, &req)) }
+                let (shared, metrics) = (shared.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(answer(&shared, &metrics, &req)) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -34,7 +35,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+fn answer(shared: &Shared, metrics: &Metrics, req: &Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/metrics" {
+        let mut resp = crate::body::text(StatusCode::OK, metrics.render());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return resp;
+    }
     let (status, text) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n"),
         "/ready" if shared.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n"),

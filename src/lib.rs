@@ -42,6 +42,7 @@ pub mod echo;
 pub mod error;
 pub mod explain;
 pub mod health;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod proxy;

@@ -282,7 +282,8 @@ impl Server {
         let stop = Signal::default();
         let admin = admin.map(|l| {
             let l = TcpListener::from_std(l).expect("a bound socket registers with the runtime");
-            tokio::spawn(admin::serve(l, shared.clone()))
+            let metrics = Arc::new(crate::metrics::Metrics::new(&shared, proxy.log().clone()));
+            tokio::spawn(admin::serve(l, shared.clone(), metrics))
         });
         let mut running = Running {
             shared: shared.clone(),

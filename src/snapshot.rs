@@ -122,7 +122,6 @@ impl Reloads {
 }
 
 /// Counters of one listener, kept across reloads.
-// TODO(#metrics): export as switchyard_tls_handshake_errors_total{listener}.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     /// Failed TLS handshakes, including plain HTTP sent to a TLS port.
@@ -140,6 +139,17 @@ impl Shared {
             checks: Checks::default(),
             reloads: Reloads::default(),
         }
+    }
+
+    /// Each listener's failed TLS handshakes so far (`switchyard_tls_handshake_errors_total`).
+    pub fn listener_counters(&self) -> Vec<(Arc<str>, u64)> {
+        let all = self.listeners.lock().expect("listener stats lock poisoned");
+        let mut v: Vec<_> = all
+            .iter()
+            .map(|(n, s)| (n.clone(), s.tls_handshake_errors.load(Relaxed)))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Note where listener `name` is bound (`None`: it stopped).
