@@ -59,6 +59,7 @@ fn conn(peer: IpAddr) -> ConnInfo {
         client_ip: HeaderValue::from_str(&peer.to_string()).expect("an IP is a header value"),
         forwarded: Forwarded::Append,
         log: AccessLog::start(AccessLogFormat::Off),
+        stats: Arc::default(),
     }
 }
 

@@ -136,6 +136,7 @@ pub fn explain(config: Config, ask: &Ask) -> Result<Explanation, AskError> {
             .expect("an IP address is a valid header value"),
         forwarded: crate::proxy::Forwarded::of(ask.client, &listener.trusted_proxies),
         log: crate::access_log::AccessLog::start(crate::config::AccessLogFormat::Off),
+        stats: Arc::default(),
     };
     let mut trace = Candidates {
         snap: &snap,

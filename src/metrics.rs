@@ -6,14 +6,21 @@
 //! current snapshot and [`Shared`] by a collector of our own ([`State`]), so the series of
 //! removed backends are gone from the next scrape. The process collector adds CPU, memory,
 //! file descriptors and threads.
-// TODO(#metrics): request and upstream counters and histograms, sticky decisions and
-// fail-open counts, from the per-request record on its way out.
+//!
+//! What only the request path knows is counted there ([`stats`]), on atomics in structures
+//! resolved when the snapshot is compiled (per route, pool and backend), and rendered from
+//! the current snapshot: routes and backends a reload removes leave the next scrape.
+
+pub mod series;
+pub mod stats;
 
 use crate::access_log::AccessLog;
-use crate::snapshot::Shared;
+use crate::snapshot::{Shared, Snapshot};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
+use series::{BUCKETS, Hist};
+use stats::{METHODS, STICKY};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -94,6 +101,56 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         "Access log lines dropped because the writer fell behind",
         &[],
     ),
+    (
+        "switchyard_http_requests_total",
+        "Client requests by listener, route, pool, method and status (route and pool none when no route matched)",
+        &["listener", "route", "pool", "method", "status"],
+    ),
+    (
+        "switchyard_http_request_duration_seconds",
+        "Client request duration, from its head to the end of its response",
+        &["listener", "route", "pool"],
+    ),
+    (
+        "switchyard_upstream_requests_total",
+        "Backend responses by status",
+        &["pool", "backend", "status"],
+    ),
+    (
+        "switchyard_upstream_response_duration_seconds",
+        "Backend wait, from the request sent to the response head",
+        &["pool", "backend"],
+    ),
+    (
+        "switchyard_upstream_connect_errors_total",
+        "Failed connects to a backend (refused, timed out, TLS)",
+        &["pool", "backend"],
+    ),
+    (
+        "switchyard_downstream_connections_active",
+        "Client connections open now",
+        &["listener"],
+    ),
+    (
+        "switchyard_downstream_connections_total",
+        "Client connections accepted",
+        &["listener"],
+    ),
+    (
+        "switchyard_sticky_decisions_total",
+        "Sticky cookie outcomes: hit, new (no cookie), reassigned (its backend down or gone), invalid (bad or expired)",
+        &["pool", "result"],
+    ),
+    (
+        "switchyard_split_decisions_total",
+        "Pools chosen by a split, by its cookie (a returning user, or QA forcing a variant) or by weight",
+        &["route", "pool", "by"],
+    ),
+    (
+        "switchyard_pool_fail_open_total",
+        "Requests tried on a pool none of whose backends was healthy (when_all_down: fail_open)",
+        &["pool"],
+    ),
 ];
 
 impl State {
@@ -162,16 +219,33 @@ impl Collector for State {
             0 => vec![],
             n => vec![counter(&[], n as f64)],
         };
+        let r = requests(&shared, &snap);
+        let b = upstream(&snap);
+        let (open, accepted) = connections(&shared, &snap);
+        use MetricType::{COUNTER, GAUGE, HISTOGRAM};
         let kinds = [
-            MetricType::GAUGE,
-            MetricType::GAUGE,
-            MetricType::GAUGE,
-            MetricType::GAUGE,
-            MetricType::COUNTER,
-            MetricType::COUNTER,
-            MetricType::COUNTER,
+            GAUGE, GAUGE, GAUGE, GAUGE, COUNTER, COUNTER, COUNTER, COUNTER, HISTOGRAM, COUNTER,
+            HISTOGRAM, COUNTER, GAUGE, COUNTER, COUNTER, COUNTER, COUNTER,
         ];
-        let series = [up, active, draining, age, reloads, tls, dropped];
+        let series = [
+            up,
+            active,
+            draining,
+            age,
+            reloads,
+            tls,
+            dropped,
+            r.requests,
+            r.durations,
+            b.responses,
+            b.latency,
+            b.connect_errors,
+            open,
+            accepted,
+            r.sticky,
+            r.splits,
+            r.fail_open,
+        ];
         FAMILIES
             .iter()
             .zip(kinds)
@@ -179,6 +253,156 @@ impl Collector for State {
             .map(|(((name, help, _), kind), metrics)| family(name, help, kind, metrics))
             .collect()
     }
+}
+
+/// The request families, from every route of `snap` and each listener's unrouted requests.
+#[derive(Default)]
+struct Requests {
+    requests: Vec<Metric>,
+    durations: Vec<Metric>,
+    sticky: Vec<Metric>,
+    splits: Vec<Metric>,
+    fail_open: Vec<Metric>,
+}
+
+fn requests(shared: &Shared, snap: &Snapshot) -> Requests {
+    let mut out = Requests::default();
+    let listeners = shared.listener_stats_all();
+    let routes = snap
+        .config
+        .routes
+        .iter()
+        .zip(snap.route_stats.iter())
+        .map(|(r, st)| (&*r.name, &**st))
+        .chain(
+            listeners
+                .iter()
+                .filter(|(name, _)| snap.listener(name).is_some())
+                .map(|(_, st)| ("none", &st.unrouted)),
+        );
+    for (route, st) in routes {
+        for e in st.requests.entries().iter() {
+            let (k, n) = (&e.0, e.1.get());
+            let status = k.status.to_string();
+            out.requests.push(counter(
+                &[
+                    ("listener", &k.at.listener),
+                    ("route", route),
+                    ("pool", k.at.pool.as_deref().unwrap_or("none")),
+                    ("method", METHODS[usize::from(k.method)]),
+                    ("status", &status),
+                ],
+                n as f64,
+            ));
+        }
+        for e in st.durations.entries().iter() {
+            let labels = [
+                ("listener", &*e.0.listener),
+                ("route", route),
+                ("pool", e.0.pool.as_deref().unwrap_or("none")),
+            ];
+            out.durations.push(histogram(&labels, &e.1));
+        }
+        for e in st.splits.entries().iter() {
+            let ((pool, by_cookie), n) = (&e.0, e.1.get());
+            let by = if *by_cookie { "cookie" } else { "weight" };
+            out.splits.push(counter(
+                &[("route", route), ("pool", pool), ("by", by)],
+                n as f64,
+            ));
+        }
+    }
+    for pool in &snap.pools {
+        for (i, result) in STICKY.iter().enumerate() {
+            let n = pool.stats.sticky[i].get();
+            if n > 0 {
+                out.sticky.push(counter(
+                    &[("pool", &pool.name), ("result", result.as_str())],
+                    n as f64,
+                ));
+            }
+        }
+        let n = pool.stats.fail_open.get();
+        if n > 0 {
+            out.fail_open
+                .push(counter(&[("pool", &pool.name)], n as f64));
+        }
+    }
+    out
+}
+
+/// The backend families of `snap`'s pools.
+#[derive(Default)]
+struct Upstream {
+    responses: Vec<Metric>,
+    latency: Vec<Metric>,
+    connect_errors: Vec<Metric>,
+}
+
+fn upstream(snap: &Snapshot) -> Upstream {
+    let mut out = Upstream::default();
+    for pool in &snap.pools {
+        for b in &pool.backends {
+            let labels = [("pool", &*pool.name), ("backend", &*b.label)];
+            let st = &b.state.stats;
+            let mut answered = 0;
+            for e in st.responses.entries().iter() {
+                let status = e.0.to_string();
+                answered += e.1.get();
+                out.responses.push(counter(
+                    &[labels[0], labels[1], ("status", &status)],
+                    e.1.get() as f64,
+                ));
+            }
+            if answered > 0 {
+                out.latency.push(histogram(&labels, &st.latency));
+            }
+            let n = st.connect_errors.get();
+            if n > 0 {
+                out.connect_errors.push(counter(&labels, n as f64));
+            }
+        }
+    }
+    out
+}
+
+/// (open, accepted) client connections of the listeners `snap` has.
+fn connections(shared: &Shared, snap: &Snapshot) -> (Vec<Metric>, Vec<Metric>) {
+    let (mut open, mut total) = (Vec::new(), Vec::new());
+    for (name, st) in shared.listener_stats_all() {
+        if snap.listener(&name).is_none() {
+            continue;
+        }
+        let labels = [("listener", &*name)];
+        open.push(gauge(&labels, st.connections_active.load(Relaxed) as f64));
+        let n = st.connections_total.load(Relaxed);
+        if n > 0 {
+            total.push(counter(&labels, n as f64));
+        }
+    }
+    (open, total)
+}
+
+fn histogram(labels: &[(&str, &str)], h: &Hist) -> Metric {
+    let (cumulative, sum) = h.snapshot();
+    let mut m = labelled(labels);
+    let mut p = prometheus::proto::Histogram::default();
+    p.set_sample_count(*cumulative.last().expect("a +Inf bucket"));
+    p.set_sample_sum(sum);
+    p.set_bucket(
+        BUCKETS
+            .iter()
+            .zip(&cumulative)
+            .map(|(&le, &n)| {
+                let mut b = prometheus::proto::Bucket::default();
+                b.set_upper_bound(le);
+                b.set_cumulative_count(n);
+                b
+            })
+            .collect(),
+    );
+    m.set_histogram(p);
+    m
 }
 
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {

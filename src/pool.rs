@@ -38,6 +38,8 @@ pub struct Pool {
     pub connector: Connector,
     protocol: Protocol,
     tls: Option<UpstreamTls>,
+    /// Sticky decisions and fail-open counts; carried over with the pool's name.
+    pub stats: Arc<crate::metrics::stats::PoolStats>,
 }
 
 /// One backend of a pool.
@@ -64,6 +66,8 @@ pub struct BackendState {
     pub endpoint: Endpoint,
     /// Response latency, for `p2c_ewma`.
     pub latency: Ewma,
+    /// What `/metrics` reports of it.
+    pub stats: crate::metrics::stats::BackendStats,
 }
 
 /// Holds one in-flight request on a backend; dropping it (even on cancel) releases it.
@@ -195,6 +199,7 @@ impl Pool {
         prev: Option<&Pool>,
         secret: Option<&config::Secret>,
     ) -> Pool {
+        let stats = prev.map(|p| p.stats.clone()).unwrap_or_default();
         // Pooled connections only carry over while they are still the right kind.
         let prev = prev.filter(|p| p.protocol == cfg.protocol && p.tls == cfg.tls);
         let sni = cfg.tls.as_ref().and_then(|t| t.sni.as_deref());
@@ -249,6 +254,7 @@ impl Pool {
             connector,
             protocol: cfg.protocol,
             tls: cfg.tls.clone(),
+            stats,
         }
     }
 

@@ -50,6 +50,8 @@ pub struct ConnInfo {
     pub forwarded: Forwarded,
     /// Where finished records go.
     pub log: AccessLog,
+    /// The listener's counters (connections, and requests that matched no route).
+    pub stats: Arc<crate::snapshot::ListenerStats>,
 }
 
 /// How a connection's `X-Forwarded-For` is taken (the listener's `trusted_proxies`).
@@ -242,6 +244,7 @@ mod tests {
             client_ip: HeaderValue::from_static("127.0.0.1"),
             forwarded: Forwarded::of(peer.ip(), &Arc::from(Vec::new())),
             log: AccessLog::start(crate::config::AccessLogFormat::Off),
+            stats: Arc::default(),
         })
     }
 

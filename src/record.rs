@@ -192,6 +192,7 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         self.conn.clock.request_finished();
+        crate::metrics::stats::request(self);
         if self.conn.log.enabled() {
             let entry = crate::access_log::Entry::of(self, SystemTime::now());
             self.conn.log.send(entry);

@@ -641,6 +641,24 @@ struct Conn {
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Counts a client connection as open (`switchyard_downstream_connections_active`) until
+/// dropped, and as accepted (`_total`).
+struct Open(Arc<ListenerStats>);
+
+impl Open {
+    fn new(stats: &Arc<ListenerStats>) -> Open {
+        stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        Open(stats.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// HTTP/2 settings for clients. 256 concurrent streams (nginx allows 128, HAProxy 100):
 /// browsers open around 100. Flow-control windows of 512 KiB per stream and 1 MiB per
 /// connection keep a single upload stream fast over a WAN round trip while bounding what
@@ -652,6 +670,7 @@ const H2_CONN_WINDOW: u32 = 1024 * 1024;
 impl Conn {
     async fn serve(self, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
         let _ = tcp.set_nodelay(true);
+        let _open = Open::new(&self.stats);
         let head = self.limits.client_header_timeout;
         let Some(acceptor) = tls else {
             let h2 = match tokio::time::timeout(head, sniff_h2(&tcp)).await {
@@ -743,6 +762,7 @@ impl Conn {
                 .expect("an IP address is a valid header value"),
             forwarded: crate::proxy::Forwarded::of(peer.ip(), &self.listener.trusted_proxies),
             log: self.proxy.log().clone(),
+            stats: self.stats.clone(),
         })
     }
 

@@ -6,6 +6,7 @@
 
 use crate::config::{self, Config, Limits};
 use crate::health::Checks;
+use crate::metrics::stats::RouteStats;
 use crate::pool::Pool;
 use crate::router::Router;
 use arc_swap::ArcSwap;
@@ -28,6 +29,8 @@ pub struct Snapshot {
     listeners: Box<[Arc<config::Listener>]>,
     /// The limits connections accepted from now on get.
     pub limits: Arc<Limits>,
+    /// Each route's request counts, in route order; carried over by name.
+    pub route_stats: Box<[Arc<RouteStats>]>,
 }
 
 impl Snapshot {
@@ -62,7 +65,22 @@ impl Snapshot {
             }
         }
         let cookies = cookies.into_boxed_slice();
+        let route_stats = config
+            .routes
+            .iter()
+            .map(|r| {
+                prev.and_then(|s| {
+                    s.config
+                        .routes
+                        .iter()
+                        .position(|o| o.name == r.name)
+                        .map(|i| s.route_stats[i].clone())
+                })
+                .unwrap_or_default()
+            })
+            .collect();
         Snapshot {
+            route_stats,
             listeners: config.listeners.iter().cloned().map(Arc::new).collect(),
             limits: Arc::new(config.limits.clone()),
             config,
@@ -122,10 +140,15 @@ impl Reloads {
 }
 
 /// Counters of one listener, kept across reloads.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ListenerStats {
     /// Failed TLS handshakes, including plain HTTP sent to a TLS port.
     pub tls_handshake_errors: AtomicU64,
+    /// Client connections open now, and accepted so far.
+    pub connections_active: AtomicU64,
+    pub connections_total: AtomicU64,
+    /// The requests that matched no route (route and pool `none`).
+    pub unrouted: RouteStats,
 }
 
 impl Shared {
@@ -139,6 +162,14 @@ impl Shared {
             checks: Checks::default(),
             reloads: Reloads::default(),
         }
+    }
+
+    /// Every listener's counters there are, by name.
+    pub fn listener_stats_all(&self) -> Vec<(Arc<str>, Arc<ListenerStats>)> {
+        let all = self.listeners.lock().expect("listener stats lock poisoned");
+        let mut v: Vec<_> = all.iter().map(|(n, s)| (n.clone(), s.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Each listener's failed TLS handshakes so far (`switchyard_tls_handshake_errors_total`).

@@ -147,3 +147,227 @@ async fn a_live_scrape_passes_promtool_check_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The `/metrics` text of a matrix's proxy (matrices have no admin listener: the same
+/// registry, rendered directly).
+fn scrape_matrix(m: &support::matrix::Matrix) -> String {
+    let log = switchyard::access_log::AccessLog::start(switchyard::config::AccessLogFormat::Off);
+    switchyard::metrics::Metrics::new(&m.proxy.shared, log).render()
+}
+
+/// The sum of every series of `name` whose labels include all of `labels`.
+fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn request_counters_move_by_exactly_what_was_sent_on_every_request_path() {
+    use support::matrix::{self, Kind, Matrix, Req, Spec};
+    matrix::every_shape(|shape| async move {
+        let m = Matrix::start(shape, Spec::new(vec![Kind::Echo("a"), Kind::Echo("b")])).await;
+        let method = Req::get("/").method_for(shape);
+        for i in 0..5 {
+            let got = m.send(&Req::get(&format!("{}/{i}", matrix::PREFIX))).await;
+            assert_eq!(got.status, 200);
+        }
+        for _ in 0..2 {
+            assert_eq!(m.send(&Req::get("/nowhere")).await.status, 404);
+        }
+        // A record is counted when it is done, after its response's last byte.
+        let listener = shape.listener();
+        let routed = [
+            ("listener", listener),
+            ("route", matrix::ROUTE),
+            ("pool", matrix::POOL),
+            ("method", method.as_str()),
+            ("status", "200"),
+        ];
+        eventually(WAIT, || async {
+            sum(
+                &scrape_matrix(&m),
+                "switchyard_http_requests_total",
+                &routed,
+            ) == 5.0
+        })
+        .await;
+        let text = scrape_matrix(&m);
+        let unrouted = [
+            ("listener", listener),
+            ("route", "none"),
+            ("pool", "none"),
+            ("status", "404"),
+        ];
+        assert_eq!(
+            sum(&text, "switchyard_http_requests_total", &unrouted),
+            2.0,
+            "{}\n{text}",
+            shape.name()
+        );
+        assert_eq!(
+            sum(
+                &text,
+                "switchyard_http_request_duration_seconds_count",
+                &routed[..3]
+            ),
+            5.0,
+            "{}",
+            shape.name()
+        );
+        let pool = [("pool", matrix::POOL), ("status", "200")];
+        assert_eq!(sum(&text, "switchyard_upstream_requests_total", &pool), 5.0);
+        assert_eq!(
+            sum(
+                &text,
+                "switchyard_upstream_response_duration_seconds_count",
+                &pool[..1]
+            ),
+            5.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connection_gauges_return_to_zero_and_methods_stay_bounded() {
+    let b = Backend::echo("b").await;
+    let p = Proxy::start(YAML, &[("a", b.addr), ("b", refusing_addr().await)]).await;
+    let req = "GET /x HTTP/1.1\r\nhost: a\r\n\r\n";
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut c = RawConn::open(p.addr).await;
+        assert!(c.write(req).await);
+        assert_eq!(c.response_to(false, WAIT).await.unwrap().status, 200);
+        conns.push(c);
+    }
+    let open = "switchyard_downstream_connections_active{listener=\"web\"}";
+    let total = "switchyard_downstream_connections_total{listener=\"web\"}";
+    eventually(WAIT, || async {
+        value(&scrape(&p).await, open) == Some(3.0)
+    })
+    .await;
+    drop(conns);
+    eventually(WAIT, || async {
+        value(&scrape(&p).await, open) == Some(0.0)
+    })
+    .await;
+    assert_eq!(value(&scrape(&p).await, total), Some(3.0));
+
+    // Methods nobody standardized are one label value, however many there are.
+    for i in 0..20 {
+        let raw = format!("BREW{i} /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+        let _ = support::raw(p.addr, raw.as_bytes(), WAIT).await;
+    }
+    let text = scrape(&p).await;
+    let mut methods: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_http_requests_total{"))
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    assert_eq!(methods, ["GET", "OTHER"], "{text}");
+    assert_eq!(
+        sum(
+            &text,
+            "switchyard_http_requests_total",
+            &[("method", "OTHER")]
+        ),
+        20.0
+    );
+}
+
+#[tokio::test]
+async fn sticky_decisions_split_choices_and_fail_open_are_counted() {
+    let a = Backend::echo("a").await;
+    let b = Backend::echo("b").await;
+    let dead = refusing_addr().await;
+    let yaml = r#"
+listeners: [{name: web, bind: "{listen}"}]
+admin: {bind: "{admin}"}
+access_log: off
+pools:
+  s: {sticky: {cookie: sy}, backends: [{addr: "{a}"}]}
+  v1: {backends: [{addr: "{a}"}]}
+  v2: {backends: [{addr: "{b}"}]}
+  down:
+    timeouts: {connect: 200ms}
+    health_check: {kind: tcp, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1}
+    backends: [{addr: "{dead}"}]
+routes:
+  - {name: sticky, match: {prefix: /s}, pool: s}
+  - {name: down, match: {prefix: /down}, pool: down}
+  - {name: ab, match: {prefix: /ab}, split: {cookie: sy_ab, pools: [{pool: v1, weight: 1}, {pool: v2, weight: 1}]}}
+"#;
+    let p = Proxy::start(yaml, &[("a", a.addr), ("b", b.addr), ("dead", dead)]).await;
+    let c = client();
+    let mut token = String::new();
+    for _ in 0..3 {
+        let got = get_with(&c, &p.url("/s"), &[]).await;
+        token = got.cookie("sy").unwrap().to_string();
+    }
+    let cookie = format!("sy={token}");
+    for _ in 0..2 {
+        get_with(&c, &p.url("/s"), &[("cookie", &cookie)]).await;
+    }
+    get_with(&c, &p.url("/s"), &[("cookie", "sy=forged")]).await;
+    for _ in 0..4 {
+        get_with(&c, &p.url("/ab"), &[("cookie", "sy_ab=v2")]).await;
+    }
+    get_with(&c, &p.url("/ab"), &[]).await;
+    eventually(WAIT, || async {
+        p.shared.load().pools[3].backends.iter().all(|b| !b.up())
+    })
+    .await;
+    assert_eq!(get_with(&c, &p.url("/down"), &[]).await.status, 502);
+    // Each request is counted when its record is done, just after its last byte went.
+    let fail_open = "switchyard_pool_fail_open_total{pool=\"down\"}";
+    eventually(WAIT, || async {
+        value(&scrape(&p).await, fail_open) == Some(1.0)
+    })
+    .await;
+    let text = scrape(&p).await;
+    let sticky = |r: &str| {
+        sum(
+            &text,
+            "switchyard_sticky_decisions_total",
+            &[("pool", "s"), ("result", r)],
+        )
+    };
+    assert_eq!(
+        (sticky("new"), sticky("hit"), sticky("invalid")),
+        (3.0, 2.0, 1.0),
+        "{text}"
+    );
+    let split = |by: &str| {
+        sum(
+            &text,
+            "switchyard_split_decisions_total",
+            &[("route", "ab"), ("by", by)],
+        )
+    };
+    assert_eq!((split("cookie"), split("weight")), (4.0, 1.0), "{text}");
+    assert_eq!(
+        sum(
+            &text,
+            "switchyard_split_decisions_total",
+            &[("pool", "v2"), ("by", "cookie")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "switchyard_upstream_connect_errors_total",
+            &[("pool", "down")]
+        ),
+        1.0
+    );
+}

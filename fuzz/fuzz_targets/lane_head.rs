@@ -40,6 +40,7 @@ static CONN: LazyLock<ConnInfo> = LazyLock::new(|| ConnInfo {
     client_ip: http::HeaderValue::from_static("127.0.0.1"),
     forwarded: switchyard::proxy::Forwarded::Append,
     log: switchyard::access_log::AccessLog::start(switchyard::config::AccessLogFormat::Off),
+    stats: std::sync::Arc::default(),
 });
 
 fuzz_target!(|data: &[u8]| {

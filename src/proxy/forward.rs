@@ -172,7 +172,7 @@ pub async fn forward(
                     continue;
                 };
                 let replayable = body.is_none() && is_idempotent(method);
-                let sent_at = timed.then(crate::clock::now);
+                let sent_at = crate::clock::now();
                 let x = Exchange {
                     head,
                     body: body.as_deref_mut(),
@@ -183,7 +183,7 @@ pub async fn forward(
                 };
                 match conn.exchange(x, wait).await {
                     Ok(head) => {
-                        arrived(record, pool, i, head.status, sent_at);
+                        arrived(record, pool, i, head.status, sent_at, timed);
                         return Ok(Answer {
                             inbound: Inbound::H1 { head, conn },
                             in_flight,
@@ -206,11 +206,11 @@ pub async fn forward(
                     (None, None) => unreachable!("a request that cannot go again is never retried"),
                 };
                 h2::absolute(&mut r, pool.connector.tls.is_some(), &backend.label);
-                let sent_at = timed.then(crate::clock::now);
+                let sent_at = crate::clock::now();
                 match wait.head(h2::send(&mut sender, r)).await {
                     None => (Failure::Late, reused, false),
                     Some(Ok(resp)) => {
-                        arrived(record, pool, i, resp.status(), sent_at);
+                        arrived(record, pool, i, resp.status(), sent_at, timed);
                         return Ok(Answer {
                             inbound: Inbound::H2(Box::new(resp)),
                             in_flight,
@@ -265,15 +265,16 @@ pub async fn forward(
     }
 }
 
-/// Backend `i`'s response head arrived: note it in the record, count its status for passive
-/// health, and feed the latency EWMA the wait that began at `sent_at` (when the pool times
-/// its backends).
+/// Backend `i`'s response head arrived: note it in the record, count it and its wait (since
+/// `sent_at`) for `/metrics`, its status for passive health, and feed the wait to the
+/// latency EWMA when the pool is `timed` (`p2c_ewma`).
 fn arrived(
     record: &mut Record,
     pool: &Pool,
     i: usize,
     status: http::StatusCode,
-    sent_at: Option<std::time::Instant>,
+    sent_at: std::time::Instant,
+    timed: bool,
 ) {
     record.answered();
     let backend = &pool.backends[i];
@@ -287,11 +288,16 @@ fn arrived(
         tracing::warn!(pool = %pool.name, backend = %backend.label, ejected_for = ?d,
             "backend ejected after {} 5xx responses in a row", pool.eject_on_5xx.unwrap_or(0));
     }
-    if let Some(at) = sent_at {
-        let now = crate::clock::now();
-        state
-            .latency
-            .observe(now.saturating_duration_since(at), crate::clock::micros(now));
+    let now = crate::clock::now();
+    let waited = now.saturating_duration_since(sent_at);
+    let code = status.as_u16();
+    state
+        .stats
+        .responses
+        .with(|s| *s == code, || code, crate::metrics::series::Count::inc);
+    state.stats.latency.observe(waited);
+    if timed {
+        state.latency.observe(waited, crate::clock::micros(now));
     }
 }
 
@@ -395,6 +401,7 @@ impl<'p> Attempts<'p> {
             tracing::warn!(pool = %self.pool.name, backend = %backend.label, ejected_for = ?d,
                 "backend ejected after {} connect failures in a row", health::EJECT_AFTER);
         }
+        backend.state.stats.connect_errors.inc();
         tracing::debug!(backend = %backend.label, error = %source, "connect failed");
         self.count(
             i,
