@@ -281,7 +281,7 @@ fn requests(shared: &Shared, snap: &Snapshot) -> Requests {
                 .map(|(_, st)| ("none", &st.unrouted)),
         );
     for (route, st) in routes {
-        for e in st.requests.entries().iter() {
+        for e in st.requests.entries() {
             let (k, n) = (&e.0, e.1.get());
             let status = k.status.to_string();
             out.requests.push(counter(
@@ -295,7 +295,7 @@ fn requests(shared: &Shared, snap: &Snapshot) -> Requests {
                 n as f64,
             ));
         }
-        for e in st.durations.entries().iter() {
+        for e in st.durations.entries() {
             let labels = [
                 ("listener", &*e.0.listener),
                 ("route", route),
@@ -303,7 +303,7 @@ fn requests(shared: &Shared, snap: &Snapshot) -> Requests {
             ];
             out.durations.push(histogram(&labels, &e.1));
         }
-        for e in st.splits.entries().iter() {
+        for e in st.splits.entries() {
             let ((pool, by_cookie), n) = (&e.0, e.1.get());
             let by = if *by_cookie { "cookie" } else { "weight" };
             out.splits.push(counter(
@@ -346,7 +346,7 @@ fn upstream(snap: &Snapshot) -> Upstream {
             let labels = [("pool", &*pool.name), ("backend", &*b.label)];
             let st = &b.state.stats;
             let mut answered = 0;
-            for e in st.responses.entries().iter() {
+            for e in st.responses.entries() {
                 let status = e.0.to_string();
                 answered += e.1.get();
                 out.responses.push(counter(

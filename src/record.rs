@@ -163,9 +163,9 @@ impl Record {
         self.id.is_given()
     }
 
-    /// The backend has answered: note when.
-    pub fn answered(&mut self) {
-        self.upstream_head = Some(self.start.elapsed());
+    /// The backend has answered, at `now`: note when.
+    pub fn answered(&mut self, now: Instant) {
+        self.upstream_head = Some(now.saturating_duration_since(self.start));
     }
 
     /// How long the request has taken so far.

@@ -1,22 +1,39 @@
-//! Lock-free counters for the request path: a [`Series`] of values by a small key, found by
-//! a scan of a copy-on-write list (a handful of keys per route or backend), and a fixed
-//! bucket [`Hist`]ogram. Reading the list is an `ArcSwap` load, no lock; only the first
-//! event of a new key takes a mutex to publish a longer list.
+//! Lock-free counters for the request path: a [`Series`] of values by a small key, and a
+//! fixed-bucket [`Hist`]ogram. A series is an append-only list of write-once slots, in
+//! chunks of [`CHUNK`]: finding a key is a scan of a few slots, each an atomic load, with
+//! no lock, no reference count and no hashing; only the first event of a new key takes a
+//! mutex, to fill the next free slot.
 
-use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, OnceLock};
+
+/// Slots per chunk: a route or backend rarely sees more keys than this.
+pub const CHUNK: usize = 8;
 
 /// Values by key; a key's value is made at its first event, so a series appears then.
 pub struct Series<K, V> {
-    list: ArcSwap<Vec<Arc<(K, V)>>>,
+    head: Chunk<K, V>,
     grow: Mutex<()>,
+}
+
+struct Chunk<K, V> {
+    slots: [OnceLock<(K, V)>; CHUNK],
+    next: OnceLock<Box<Chunk<K, V>>>,
+}
+
+impl<K, V> Default for Chunk<K, V> {
+    fn default() -> Self {
+        Chunk {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+            next: OnceLock::new(),
+        }
+    }
 }
 
 impl<K, V> Default for Series<K, V> {
     fn default() -> Self {
         Series {
-            list: ArcSwap::from_pointee(Vec::new()),
+            head: Chunk::default(),
             grow: Mutex::new(()),
         }
     }
@@ -27,25 +44,46 @@ impl<K, V: Default> Series<K, V> {
     /// The key is matched in place, not built per call: its `Arc<str>` labels are shared
     /// by every worker, and a clone per request would bounce their counts between cores.
     pub fn with(&self, is: impl Fn(&K) -> bool, make: impl FnOnce() -> K, f: impl FnOnce(&V)) {
-        if let Some(e) = self.list.load().iter().find(|e| is(&e.0)) {
-            return f(&e.1);
+        if let Some(v) = self.find(&is) {
+            return f(v);
         }
         let _g = self.grow.lock().expect("series lock");
-        let now = self.list.load_full();
-        if let Some(e) = now.iter().find(|e| is(&e.0)) {
-            return f(&e.1);
+        if let Some(v) = self.find(&is) {
+            return f(v);
         }
-        let e = Arc::new((make(), V::default()));
-        f(&e.1);
-        let mut next = Vec::with_capacity(now.len() + 1);
-        next.extend(now.iter().cloned());
-        next.push(e);
-        self.list.store(Arc::new(next));
+        // Under the lock, the first empty slot is ours to fill.
+        let mut c = &self.head;
+        loop {
+            if let Some(slot) = c.slots.iter().find(|s| s.get().is_none()) {
+                return f(&slot.get_or_init(|| (make(), V::default())).1);
+            }
+            c = c.next.get_or_init(Box::default);
+        }
+    }
+
+    fn find(&self, is: &impl Fn(&K) -> bool) -> Option<&V> {
+        let mut c = &self.head;
+        loop {
+            for s in &c.slots {
+                match s.get() {
+                    Some(e) if is(&e.0) => return Some(&e.1),
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+            c = c.next.get()?;
+        }
     }
 
     /// Every (key, value) so far, in order of first event.
-    pub fn entries(&self) -> Arc<Vec<Arc<(K, V)>>> {
-        self.list.load_full()
+    pub fn entries(&self) -> Vec<&(K, V)> {
+        let mut out = Vec::new();
+        let mut c = Some(&self.head);
+        while let Some(chunk) = c {
+            out.extend(chunk.slots.iter().map_while(OnceLock::get));
+            c = chunk.next.get().map(|b| &**b);
+        }
+        out
     }
 }
 
@@ -53,6 +91,25 @@ impl<K, V: Default> Series<K, V> {
 /// requests take a millisecond and whose timeouts are tens of seconds.
 pub const BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// [`BUCKETS`] in nanoseconds, for an integer comparison per bucket.
+const BUCKET_NS: [u64; BUCKETS.len()] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
 ];
 
 /// A histogram of durations over [`BUCKETS`] (and +Inf).
@@ -66,14 +123,13 @@ pub struct Hist {
 impl Hist {
     /// Count one observation of `d`.
     pub fn observe(&self, d: std::time::Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = BUCKET_NS
             .iter()
-            .position(|&b| s <= b)
+            .position(|&b| ns <= b)
             .unwrap_or(BUCKETS.len());
         self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_ns
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
     }
 
     /// (cumulative counts per bucket, +Inf last; the sum in seconds).
@@ -114,13 +170,15 @@ mod tests {
 
     #[test]
     fn a_series_makes_each_key_once_and_counts_from_many_threads() {
-        let s: Arc<Series<u16, Count>> = Arc::default();
+        // More keys than a chunk holds, from several threads at once.
+        let s: std::sync::Arc<Series<u16, Count>> = std::sync::Arc::default();
+        let keys = (CHUNK * 2 + 3) as u16;
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for i in 0..1000u16 {
-                        s.with(|k| *k == i % 3, || i % 3, Count::inc);
+                        s.with(|k| *k == i % keys, || i % keys, Count::inc);
                     }
                 })
             })
@@ -129,8 +187,19 @@ mod tests {
             t.join().unwrap();
         }
         let e = s.entries();
-        assert_eq!(e.len(), 3);
+        assert_eq!(e.len(), usize::from(keys));
+        let mut seen: Vec<u16> = e.iter().map(|e| e.0).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), usize::from(keys), "each key once");
         assert_eq!(e.iter().map(|e| e.1.get()).sum::<u64>(), 4000);
+    }
+
+    #[test]
+    fn the_integer_buckets_are_the_bounds() {
+        for (ns, s) in BUCKET_NS.iter().zip(BUCKETS) {
+            assert_eq!(*ns as f64 / 1e9, s);
+        }
     }
 
     #[test]

@@ -88,6 +88,12 @@ fn method_index(m: Option<&Method>) -> u8 {
     }
 }
 
+/// Whether two labels are the same: almost always the very same `Arc` (std compares
+/// `Arc<str>` by content only; its pointer shortcut needs a sized type).
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 /// Count the request of `r`, now that it is done.
 pub fn request(r: &Record) {
     let (route, pool) = match (&r.snap, r.route) {
@@ -96,7 +102,14 @@ pub fn request(r: &Record) {
     };
     let listener = &r.conn.listener;
     let pool_name = pool.map(|p| &p.name);
-    let at = |w: &Where| w.listener == *listener && w.pool.as_ref() == pool_name;
+    let at = |w: &Where| {
+        same(&w.listener, listener)
+            && match (&w.pool, pool_name) {
+                (Some(a), Some(b)) => same(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    };
     let make = || Where {
         listener: listener.clone(),
         pool: pool_name.cloned(),
@@ -115,7 +128,7 @@ pub fn request(r: &Record) {
     let Some(pool) = pool else { return };
     if let Some(c) = r.split {
         route.splits.with(
-            |(p, by)| *p == pool.name && *by == c.by_cookie,
+            |(p, by)| same(p, &pool.name) && *by == c.by_cookie,
             || (pool.name.clone(), c.by_cookie),
             Count::inc,
         );

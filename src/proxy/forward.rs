@@ -276,7 +276,8 @@ fn arrived(
     sent_at: std::time::Instant,
     timed: bool,
 ) {
-    record.answered();
+    let now = crate::clock::now();
+    record.answered(now);
     let backend = &pool.backends[i];
     let state = &backend.state;
     if let Some(d) = state.passive.responded(
@@ -288,7 +289,6 @@ fn arrived(
         tracing::warn!(pool = %pool.name, backend = %backend.label, ejected_for = ?d,
             "backend ejected after {} 5xx responses in a row", pool.eject_on_5xx.unwrap_or(0));
     }
-    let now = crate::clock::now();
     let waited = now.saturating_duration_since(sent_at);
     let code = status.as_u16();
     state
