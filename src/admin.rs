@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (the process is up), `/ready` (every listener is bound
-//! and the proxy is not shutting down; 503 otherwise) and `/metrics` (Prometheus text).
-// TODO(#metrics): /status and the dashboard page.
+//! and the proxy is not shutting down; 503 otherwise), `/metrics` (Prometheus text) and
+//! `/status` (JSON).
+// TODO(#metrics): the dashboard page at `/`.
 
 use crate::body::Body;
 use crate::metrics::Metrics;
@@ -41,6 +42,14 @@ fn answer(shared: &Shared, metrics: &Metrics, req: &Request<Incoming>) -> Respon
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return resp;
+    }
+    if req.uri().path() == "/status" {
+        let mut resp = crate::body::text(StatusCode::OK, crate::status::status(shared).to_string());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
         );
         return resp;
     }

@@ -51,6 +51,7 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod status;
 pub mod sticky;
 pub mod tls;
 pub mod upstream;

@@ -102,6 +102,8 @@ pub struct Shared {
     /// The active health checkers of the current snapshot's backends.
     pub checks: Checks,
     pub reloads: Reloads,
+    /// When the current config was loaded (started with, or last reloaded).
+    loaded_at: Mutex<SystemTime>,
 }
 
 /// What config reloads did (`switchyard_config_reloads_total`, `/status`).
@@ -161,7 +163,13 @@ impl Shared {
             bound: Mutex::default(),
             checks: Checks::default(),
             reloads: Reloads::default(),
+            loaded_at: Mutex::new(SystemTime::now()),
         }
+    }
+
+    /// When the current config was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        *self.loaded_at.lock().expect("loaded_at lock")
     }
 
     /// Every listener's counters there are, by name.
@@ -217,6 +225,7 @@ impl Shared {
     pub fn swap(&self, config: Config) {
         let next = Arc::new(Snapshot::compile(config, Some(&self.snapshot.load())));
         self.snapshot.store(next.clone());
+        *self.loaded_at.lock().expect("loaded_at lock") = SystemTime::now();
         self.checks.reconcile(&next);
     }
 }

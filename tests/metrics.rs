@@ -371,3 +371,92 @@ routes:
         1.0
     );
 }
+
+#[tokio::test]
+async fn status_is_the_running_proxy_as_json() {
+    let health = Arc::new(AtomicU16::new(500));
+    let h = health.clone();
+    let down = Backend::serve(move |_| {
+        let status = h.load(Ordering::SeqCst);
+        Box::pin(async move { Response::builder().status(status).body(full("")).unwrap() })
+    })
+    .await;
+    let up = Backend::echo("up").await;
+    let drained = Backend::echo("drained").await;
+    let yaml = r#"
+listeners: [{name: web, bind: "{listen}"}]
+admin: {bind: "{admin}"}
+access_log: off
+pools:
+  p:
+    sticky: {cookie: sy}
+    health_check: {interval: 100ms, timeout: 100ms, unhealthy_threshold: 1}
+    backends: [{addr: "{down}"}, {addr: "{up}"}, {addr: "{drained}", drain: true}]
+routes: [{name: all, pool: p}]
+"#;
+    let p = Proxy::start(
+        yaml,
+        &[
+            ("down", down.addr),
+            ("up", up.addr),
+            ("drained", drained.addr),
+        ],
+    )
+    .await;
+    let url = format!("http://{}/status", p.admin.unwrap());
+    let status = || async {
+        let got = get(&url).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("content-type"), "application/json");
+        got.json()
+    };
+    eventually(WAIT, || async {
+        status().await["pools"][0]["backends"][0]["health"] == "down"
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&p.url("/x")).await.status, 200);
+    }
+    eventually(WAIT, || async {
+        status().await["routes"][0]["requests"] == 3
+    })
+    .await;
+    let s = status().await;
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert!(s["config"]["loaded_at"].as_str().unwrap().ends_with('Z'));
+    assert!(s["config"]["last_reload"].is_null());
+    assert_eq!(s["listeners"][0]["name"], "web");
+    assert_eq!(s["listeners"][0]["addr"], p.addr.to_string());
+    let route = &s["routes"][0];
+    assert_eq!(
+        (route["name"].as_str(), route["to"].as_str()),
+        (Some("all"), Some("p"))
+    );
+    assert_eq!(route["errors"], 0);
+    let counts = route["latency"]["counts"].as_array().unwrap();
+    assert_eq!(counts.last().unwrap(), 3, "+Inf holds every request");
+    assert_eq!(
+        route["latency"]["le"].as_array().unwrap().len(),
+        counts.len()
+    );
+    let pool = &s["pools"][0];
+    assert_eq!(
+        (pool["name"].as_str(), pool["balance"].as_str()),
+        (Some("p"), Some("round_robin"))
+    );
+    assert_eq!(pool["sticky"]["new"], 3);
+    let b = pool["backends"].as_array().unwrap();
+    assert_eq!(b[0]["addr"], down.addr.to_string());
+    assert_eq!(b[0]["reason"], "status 500");
+    assert_eq!(b[1]["health"], "up");
+    assert_eq!(b[1]["requests"], 3);
+    assert_eq!(b[1]["in_flight"], 0);
+    assert_eq!(
+        (b[2]["health"].as_str(), b[2]["draining"].as_bool()),
+        (Some("draining"), Some(true))
+    );
+    assert!(
+        b[2]["last_request_age_s"].is_null(),
+        "no request reached it"
+    );
+}
