@@ -153,6 +153,11 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// The name of every family the proxy exports besides the process collector's.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().map(|(name, _, _)| *name)
+}
+
 impl State {
     fn new(shared: &Arc<Shared>, log: AccessLog) -> State {
         let descs = FAMILIES

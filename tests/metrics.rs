@@ -460,3 +460,58 @@ routes: [{name: all, pool: p}]
         "no request reached it"
     );
 }
+
+/// Every `switchyard_*` or `process_*` metric name in `text`, histogram suffixes taken off.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("switchyard_").or_else(|| rest.find("process_")) {
+        let s = &rest[i..];
+        let end = s
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(s.len());
+        let mut name = &s[..end];
+        for suffix in ["_bucket", "_count", "_sum"] {
+            if let Some(n) = name.strip_suffix(suffix)
+                && n.ends_with("_seconds")
+            {
+                name = n;
+            }
+        }
+        names.push(name.to_string());
+        rest = &s[end..];
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_and_the_docs_name_only_metrics_that_exist_and_every_one_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/switchyard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let exported: Vec<&str> = switchyard::metrics::names().collect();
+    // The process collector's, from a live scrape.
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let p = Proxy::start(YAML, &[("a", a.addr), ("b", b.addr)]).await;
+    let live = scrape(&p).await;
+    let known = |n: &str| exported.contains(&n) || (n.starts_with("process_") && live.contains(n));
+    for name in metric_names(&exprs.join("\n")).iter().chain(&metric_names(&docs)) {
+        assert!(known(name), "{name} is not a metric the proxy exports");
+    }
+    for name in &exported {
+        assert!(docs.contains(&format!("`{name}`")), "{name} is not in docs/metrics.md");
+    }
+}
