@@ -487,7 +487,8 @@ fn metric_names(text: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn the_grafana_dashboard_and_the_docs_name_only_metrics_that_exist_and_every_one_is_documented() {
+async fn the_grafana_dashboard_and_the_docs_name_only_metrics_that_exist_and_every_one_is_documented()
+ {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("deploy/grafana/switchyard.json")).unwrap(),
@@ -508,10 +509,16 @@ async fn the_grafana_dashboard_and_the_docs_name_only_metrics_that_exist_and_eve
     let p = Proxy::start(YAML, &[("a", a.addr), ("b", b.addr)]).await;
     let live = scrape(&p).await;
     let known = |n: &str| exported.contains(&n) || (n.starts_with("process_") && live.contains(n));
-    for name in metric_names(&exprs.join("\n")).iter().chain(&metric_names(&docs)) {
+    for name in metric_names(&exprs.join("\n"))
+        .iter()
+        .chain(&metric_names(&docs))
+    {
         assert!(known(name), "{name} is not a metric the proxy exports");
     }
     for name in &exported {
-        assert!(docs.contains(&format!("`{name}`")), "{name} is not in docs/metrics.md");
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "{name} is not in docs/metrics.md"
+        );
     }
 }
