@@ -436,6 +436,7 @@ mod tests {
                     },
                     None,
                     None,
+                    None,
                 ))
             })
             .collect()

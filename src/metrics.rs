@@ -20,7 +20,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 use series::{BUCKETS, Hist};
-use stats::{METHODS, STICKY};
+use stats::{METHODS, STICKY, Where};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -217,7 +217,7 @@ impl Collector for State {
         let tls = shared
             .listener_counters()
             .into_iter()
-            .filter(|(_, n)| *n > 0)
+            .filter(|(l, n)| *n > 0 && snap.listener(l).is_some())
             .map(|(l, n)| counter(&[("listener", &l)], n as f64))
             .collect();
         let dropped = match self.log.dropped() {
@@ -285,8 +285,21 @@ fn requests(shared: &Shared, snap: &Snapshot) -> Requests {
                 .filter(|(name, _)| snap.listener(name).is_some())
                 .map(|(_, st)| ("none", &st.unrouted)),
         );
+    // Series of a listener or pool a reload removed (or renamed) stay in a kept route's
+    // list, and are not shown.
+    let current = |w: &Where| {
+        snap.listener(&w.listener).is_some()
+            && w.pool
+                .as_ref()
+                .is_none_or(|p| snap.pools.iter().any(|x| x.name == *p))
+    };
     for (route, st) in routes {
-        for e in st.requests.entries() {
+        for e in st
+            .requests
+            .entries()
+            .into_iter()
+            .filter(|e| current(&e.0.at))
+        {
             let (k, n) = (&e.0, e.1.get());
             let status = k.status.to_string();
             out.requests.push(counter(
@@ -300,7 +313,7 @@ fn requests(shared: &Shared, snap: &Snapshot) -> Requests {
                 n as f64,
             ));
         }
-        for e in st.durations.entries() {
+        for e in st.durations.entries().into_iter().filter(|e| current(&e.0)) {
             let labels = [
                 ("listener", &*e.0.listener),
                 ("route", route),
@@ -349,7 +362,7 @@ fn upstream(snap: &Snapshot) -> Upstream {
     for pool in &snap.pools {
         for b in &pool.backends {
             let labels = [("pool", &*pool.name), ("backend", &*b.label)];
-            let st = &b.state.stats;
+            let st = &b.stats;
             let mut answered = 0;
             for e in st.responses.entries() {
                 let status = e.0.to_string();

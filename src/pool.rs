@@ -8,6 +8,7 @@
 use crate::balance::{Balancer, Ewma};
 use crate::config::{self, Balance, Protocol, Timeouts, UpstreamTls, WhenAllDown};
 use crate::health::{Active, Passive};
+use crate::metrics::stats::BackendStats;
 use crate::sticky::Sticky;
 use crate::upstream::{Connector, Endpoint};
 use rustls::pki_types::ServerName;
@@ -52,6 +53,9 @@ pub struct Backend {
     pub weight: u32,
     pub drain: bool,
     pub state: Arc<BackendState>,
+    /// What `/metrics` reports of it; carried over with its pool and address even when
+    /// its connections are not (a pool's protocol or TLS changed).
+    pub stats: Arc<BackendStats>,
 }
 
 /// What outlives a snapshot: counters, health and idle connections of one backend.
@@ -66,8 +70,6 @@ pub struct BackendState {
     pub endpoint: Endpoint,
     /// Response latency, for `p2c_ewma`.
     pub latency: Ewma,
-    /// What `/metrics` reports of it.
-    pub stats: crate::metrics::stats::BackendStats,
 }
 
 /// Holds one in-flight request on a backend; dropping it (even on cancel) releases it.
@@ -125,6 +127,7 @@ impl Backend {
         cfg: &config::Backend,
         sni: Option<&str>,
         prev: Option<Arc<BackendState>>,
+        stats: Option<Arc<BackendStats>>,
     ) -> Backend {
         let server_name = sni
             .or(cfg.host.as_deref())
@@ -137,6 +140,7 @@ impl Backend {
             weight: cfg.weight,
             drain: cfg.drain,
             state: prev.unwrap_or_default(),
+            stats: stats.unwrap_or_default(),
         }
     }
 
@@ -200,6 +204,7 @@ impl Pool {
         secret: Option<&config::Secret>,
     ) -> Pool {
         let stats = prev.map(|p| p.stats.clone()).unwrap_or_default();
+        let counted = prev;
         // Pooled connections only carry over while they are still the right kind.
         let prev = prev.filter(|p| p.protocol == cfg.protocol && p.tls == cfg.tls);
         let sni = cfg.tls.as_ref().and_then(|t| t.sni.as_deref());
@@ -213,7 +218,13 @@ impl Pool {
                         .find(|old| old.addr == b.addr)
                         .map(|old| old.state.clone())
                 });
-                Arc::new(Backend::new(b, sni, state))
+                let stats = counted.and_then(|p| {
+                    p.backends
+                        .iter()
+                        .find(|old| old.addr == b.addr)
+                        .map(|old| old.stats.clone())
+                });
+                Arc::new(Backend::new(b, sni, state, stats))
             })
             .collect();
         let backends_len = backends.len();

@@ -131,7 +131,10 @@ impl Proxy {
 pub fn fail(e: ProxyError, record: &mut Record) -> Response<Body> {
     log_error(&e, record);
     record.error = Some(e.kind());
-    if let ProxyError::NoHealthyBackend { .. } = e {
+    // A fail-open request that ran out of backends stays counted as fail-open.
+    if let ProxyError::NoHealthyBackend { .. } = e
+        && record.all_down.is_none()
+    {
         record.all_down = Some(crate::config::WhenAllDown::Reject);
     }
     let mut resp = e.into_response();

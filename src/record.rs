@@ -8,6 +8,7 @@
 //! access log; metrics read it in the same place. It costs no allocation unless the access
 //! log is on, which also wants the request's text (host, target, referer, user agent).
 
+use crate::error::ProxyError;
 use crate::proxy::ConnInfo;
 use crate::proxy::choose::{SplitChoice, StickyChoice};
 use crate::proxy::decide::Forward;
@@ -134,6 +135,22 @@ impl Record {
         self.sticky = d.choice.sticky;
         self.split = d.choice.split;
         self.id = RequestId::of(client_id);
+    }
+
+    /// The request was refused after routing (a body over the route's limit, a pool with
+    /// no healthy backend): note the route, and the pool when `e` or the route names one,
+    /// so it is counted there and not as unrouted.
+    pub fn refused(&mut self, snap: &Arc<Snapshot>, route: Option<usize>, e: &ProxyError) {
+        let Some(r) = route else { return };
+        self.snap = Some(snap.clone());
+        self.route = Some(r);
+        self.pool = match (e, &snap.config.routes[r].to) {
+            (ProxyError::NoHealthyBackend { pool }, _) => {
+                snap.pools.iter().position(|p| p.name == *pool)
+            }
+            (_, crate::config::RouteTo::Pool(p)) => Some(*p),
+            _ => None,
+        };
     }
 
     /// Whether [`Record::text`] is wanted.

@@ -179,6 +179,20 @@ impl Trace for () {
     fn candidate(&mut self, _: usize, _: Result<(), Failed>) {}
 }
 
+/// The route a request matched, for a request refused after routing (see
+/// [`crate::record::Record::refused`]): the first candidate whose conditions held.
+#[derive(Debug, Default)]
+pub struct Routed(pub Option<usize>);
+
+impl Trace for Routed {
+    #[inline]
+    fn candidate(&mut self, route: usize, verdict: Result<(), Failed>) {
+        if verdict.is_ok() && self.0.is_none() {
+            self.0 = Some(route);
+        }
+    }
+}
+
 impl<T: Trace + ?Sized> Trace for &mut T {
     fn candidate(&mut self, route: usize, verdict: Result<(), Failed>) {
         (**self).candidate(route, verdict)

@@ -110,8 +110,8 @@ fn backend(b: &std::sync::Arc<Backend>) -> Value {
     } else {
         "up"
     };
-    let (mut requests, mut errors) = (0, st.stats.connect_errors.get());
-    for e in st.stats.responses.entries() {
+    let (mut requests, mut errors) = (0, b.stats.connect_errors.get());
+    for e in b.stats.responses.entries() {
         let n = e.1.get();
         requests += n;
         if e.0 >= 500 {
@@ -128,7 +128,7 @@ fn backend(b: &std::sync::Arc<Backend>) -> Value {
         "requests": requests,
         "errors": errors,
         "last_request_age_s": st.quiet_for().map(|d| d.as_secs_f64()),
-        "latency": buckets(&st.stats.latency),
+        "latency": buckets(&b.stats.latency),
     })
 }
 

@@ -198,19 +198,21 @@ async fn request_counters_move_by_exactly_what_was_sent_on_every_request_path() 
             ) == 5.0
         })
         .await;
-        let text = scrape_matrix(&m);
         let unrouted = [
             ("listener", listener),
             ("route", "none"),
             ("pool", "none"),
             ("status", "404"),
         ];
-        assert_eq!(
-            sum(&text, "switchyard_http_requests_total", &unrouted),
-            2.0,
-            "{}\n{text}",
-            shape.name()
-        );
+        eventually(WAIT, || async {
+            sum(
+                &scrape_matrix(&m),
+                "switchyard_http_requests_total",
+                &unrouted,
+            ) == 2.0
+        })
+        .await;
+        let text = scrape_matrix(&m);
         assert_eq!(
             sum(
                 &text,
@@ -521,4 +523,84 @@ async fn the_grafana_dashboard_and_the_docs_name_only_metrics_that_exist_and_eve
             "{name} is not in docs/metrics.md"
         );
     }
+}
+
+#[tokio::test]
+async fn refusals_after_routing_count_under_their_route_and_pool_and_kept_routes_keep_counting() {
+    let a = Backend::echo("a").await;
+    let dead = refusing_addr().await;
+    let yaml = r#"
+listeners: [{name: web, bind: "{listen}"}]
+admin: {bind: "{admin}"}
+access_log: off
+pools:
+  p: {backends: [{addr: "{a}"}]}
+  gone:
+    when_all_down: reject
+    health_check: {kind: tcp, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1}
+    backends: [{addr: "{dead}"}]
+routes:
+  - {name: small, match: {prefix: /small}, pool: p, limits: {max_request_body_bytes: 10}}
+  - {name: rejected, match: {prefix: /rejected}, pool: gone}
+  - {name: old, match: {prefix: /old}, pool: p}
+"#;
+    let addrs = [("a", a.addr), ("dead", dead)];
+    let p = Proxy::start(yaml, &addrs).await;
+    eventually(WAIT, || async {
+        !p.shared.load().pools[1].backends[0].up()
+    })
+    .await;
+    let big = http::Request::post(p.url("/small"))
+        .body(full("more than ten bytes"))
+        .unwrap();
+    assert_eq!(send(big).await.status, 413);
+    assert_eq!(get(&p.url("/rejected")).await.status, 503);
+    for _ in 0..2 {
+        assert_eq!(get(&p.url("/old")).await.status, 200);
+    }
+    let count = |text: &str, route: &str, pool: &str, status: &str| {
+        sum(
+            text,
+            "switchyard_http_requests_total",
+            &[("route", route), ("pool", pool), ("status", status)],
+        )
+    };
+    eventually(WAIT, || async {
+        count(&scrape(&p).await, "old", "p", "200") == 2.0
+    })
+    .await;
+    let text = scrape(&p).await;
+    assert_eq!(count(&text, "small", "p", "413"), 1.0, "{text}");
+    assert_eq!(count(&text, "rejected", "gone", "503"), 1.0, "{text}");
+    assert_eq!(count(&text, "none", "none", "413"), 0.0);
+
+    // A reload that keeps `old` and drops `small`: old counts on, small leaves the scrape.
+    let next = yaml.replace(
+        "  - {name: small, match: {prefix: /small}, pool: p, limits: {max_request_body_bytes: 10}}\n",
+        "",
+    );
+    assert_ne!(next, yaml);
+    p.reload(&next, &addrs).await.unwrap();
+    assert_eq!(get(&p.url("/old")).await.status, 200);
+    eventually(WAIT, || async {
+        count(&scrape(&p).await, "old", "p", "200") == 3.0
+    })
+    .await;
+    assert!(!scrape(&p).await.contains("route=\"small\""));
+}
+
+#[test]
+fn none_is_not_a_route_or_pool_name() {
+    let yaml = r#"
+listeners: [{name: web, bind: "127.0.0.1:0"}]
+pools: {none: {backends: [{addr: "127.0.0.1:9"}]}}
+routes: [{name: none, pool: none}]
+"#;
+    let errors = switchyard::config::parse(std::path::Path::new("t.yaml"), yaml).unwrap_err();
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text.iter().filter(|e| e.contains("`none`")).count(),
+        2,
+        "{text:?}"
+    );
 }

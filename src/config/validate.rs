@@ -373,6 +373,12 @@ impl Check<'_> {
 
     fn pool(&mut self, name: &str, p: &raw::Pool) -> Pool {
         let path = format!("pools.{name}");
+        if name == "none" {
+            self.error(
+                self.spans.key(&path),
+                "`none` is what metrics call requests that reached no pool: name the pool otherwise",
+            );
+        }
         let balance = match p.balance.unwrap_or(raw::Balance::RoundRobin) {
             raw::Balance::RoundRobin => Balance::RoundRobin,
             raw::Balance::LeastConnections => Balance::LeastConnections,
@@ -723,6 +729,12 @@ impl Check<'_> {
             let path = format!("routes.{i}");
             let name = match &r.name {
                 Some(n) if !n.is_empty() => {
+                    if n == "none" {
+                        self.error(
+                            self.spans.value(&format!("{path}.name")),
+                            "`none` is what metrics call requests that matched no route: name the route otherwise",
+                        );
+                    }
                     if let Some(prev) = names.insert(n, i) {
                         self.error(
                             self.spans.value(&format!("{path}.name")),

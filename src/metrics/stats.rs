@@ -115,16 +115,21 @@ pub fn request(r: &Record) {
         pool: pool_name.cloned(),
     };
     let method = method_index(r.method.as_ref());
+    // No status: the client went away before any response (nginx's 499).
+    let status = if r.status == 0 { 499 } else { r.status };
     route.requests.with(
-        |k| k.status == r.status && k.method == method && at(&k.at),
+        |k| k.status == status && k.method == method && at(&k.at),
         || RequestKey {
             at: make(),
             method,
-            status: r.status,
+            status,
         },
         Count::inc,
     );
-    route.durations.with(at, make, |h| h.observe(r.elapsed()));
+    // A 101's record lasts as long as its tunnel: a WebSocket's hours are not a latency.
+    if status != 101 {
+        route.durations.with(at, make, |h| h.observe(r.elapsed()));
+    }
     let Some(pool) = pool else { return };
     if let Some(c) = r.split {
         route.splits.with(

@@ -291,11 +291,11 @@ fn arrived(
     }
     let waited = now.saturating_duration_since(sent_at);
     let code = status.as_u16();
-    state
+    backend
         .stats
         .responses
         .with(|s| *s == code, || code, crate::metrics::series::Count::inc);
-    state.stats.latency.observe(waited);
+    backend.stats.latency.observe(waited);
     if timed {
         state.latency.observe(waited, crate::clock::micros(now));
     }
@@ -401,7 +401,7 @@ impl<'p> Attempts<'p> {
             tracing::warn!(pool = %self.pool.name, backend = %backend.label, ejected_for = ?d,
                 "backend ejected after {} connect failures in a row", health::EJECT_AFTER);
         }
-        backend.state.stats.connect_errors.inc();
+        backend.stats.connect_errors.inc();
         tracing::debug!(backend = %backend.label, error = %source, "connect failed");
         self.count(
             i,

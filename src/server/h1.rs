@@ -258,8 +258,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
             }
             Framing::Chunked => (Left::Chunked(Default::default()), 0),
         };
-        let action = match decide::decide(&snap, &self.info, &h, &mut ()) {
-            Err(e) => Action::Answer(Box::new(proxy::fail(e, &mut record))),
+        let mut routed = crate::router::Routed::default();
+        let action = match decide::decide(&snap, &self.info, &h, &mut routed) {
+            Err(e) => {
+                record.refused(&snap, routed.0, &e);
+                Action::Answer(Box::new(proxy::fail(e, &mut record)))
+            }
             Ok(Decision::Redirect(location)) => {
                 Action::Answer(Box::new(proxy::redirect(location, &mut record)))
             }

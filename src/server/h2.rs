@@ -78,9 +78,14 @@ async fn try_serve(
     record: &mut Record,
 ) -> Result<Reply, ProxyError> {
     let snap = proxy.snapshot();
-    let d = match decide::decide(&snap, info, &parts, &mut ())? {
-        Decision::Redirect(location) => return Ok(Reply::Redirect(location)),
-        Decision::Forward(d) => d,
+    let mut routed = crate::router::Routed::default();
+    let d = match decide::decide(&snap, info, &parts, &mut routed) {
+        Ok(Decision::Redirect(location)) => return Ok(Reply::Redirect(location)),
+        Ok(Decision::Forward(d)) => d,
+        Err(e) => {
+            record.refused(&snap, routed.0, &e);
+            return Err(e);
+        }
     };
     let scan = Scan::request(map_fields(&parts.headers));
     record.decided(&snap, &d, scan.client_id);
