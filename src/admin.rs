@@ -1,7 +1,7 @@
 //! The admin listener: `/healthz` (the process is up), `/ready` (every listener is bound
-//! and the proxy is not shutting down; 503 otherwise), `/metrics` (Prometheus text) and
-//! `/status` (JSON).
-// TODO(#metrics): the dashboard page at `/`.
+//! and the proxy is not shutting down; 503 otherwise), `/metrics` (Prometheus text),
+//! `/status` (JSON) and `/`, the live dashboard: one self-contained HTML page compiled
+//! into the binary (no external assets), which polls `/status`.
 
 use crate::body::Body;
 use crate::metrics::Metrics;
@@ -15,6 +15,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
+
+/// The dashboard page.
+const DASHBOARD: &str = include_str!("admin/dashboard.html");
 
 /// Serve admin requests on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Arc<Metrics>) {
@@ -42,6 +45,14 @@ fn answer(shared: &Shared, metrics: &Metrics, req: &Request<Incoming>) -> Respon
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return resp;
+    }
+    if req.uri().path() == "/" {
+        let mut resp = crate::body::text(StatusCode::OK, DASHBOARD);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
         );
         return resp;
     }
