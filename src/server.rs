@@ -54,7 +54,7 @@ pub struct Server {
     shared: Arc<Shared>,
     proxy: Arc<Proxy>,
     listeners: Vec<Bound>,
-    admin: Option<std::net::TcpListener>,
+    admin: Option<AdminTask>,
     workers: usize,
     commands: mpsc::UnboundedReceiver<Command>,
     control: Control,
@@ -214,10 +214,8 @@ impl Server {
     /// [`Server::bind_workers`], with the access log written by `log`.
     pub async fn bind_with(config: Config, workers: usize, log: AccessLog) -> io::Result<Server> {
         let workers = workers.max(1);
-        let mut listeners = Vec::new();
-        for l in &config.listeners {
-            listeners.push(Bound::new(l, workers, config.limits.max_connections)?);
-        }
+        // The admin listener first, and served at once: `/ready` says 503 until every
+        // listener is bound and serving, which a probe can then see.
         let admin = match config.admin {
             Some(a) => Some(net::bind(a, false).map_err(|e| {
                 io::Error::new(
@@ -227,7 +225,17 @@ impl Server {
             })?),
             None => None,
         };
+        let listener_cfgs = config.listeners.clone();
+        let max_connections = config.limits.max_connections;
         let shared = Arc::new(Shared::new(Snapshot::compile(config, None)));
+        let admin = match admin {
+            Some(l) => Some(AdminTask::start(l, &shared, &log)?),
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        for l in &listener_cfgs {
+            listeners.push(Bound::new(l, workers, max_connections)?);
+        }
         for b in &listeners {
             shared.set_listener_addr(&b.run.name(), b.sockets[0].local_addr().ok());
         }
@@ -263,7 +271,7 @@ impl Server {
 
     /// The bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// Serve until `shutdown` resolves, then drain (see the module docs). Worker 0 runs on
@@ -280,11 +288,6 @@ impl Server {
             control: _,
         } = self;
         let stop = Signal::default();
-        let admin = admin.map(|l| {
-            let l = TcpListener::from_std(l).expect("a bound socket registers with the runtime");
-            let metrics = Arc::new(crate::metrics::Metrics::new(&shared, proxy.log().clone()));
-            tokio::spawn(admin::serve(l, shared.clone(), metrics))
-        });
         let mut running = Running {
             shared: shared.clone(),
             proxy: proxy.clone(),
@@ -359,10 +362,37 @@ impl Server {
         for t in threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        if let Some(a) = admin {
-            a.abort();
-        }
+        // The admin listener answers until here (`/ready` 503 while draining).
+        drop(admin);
         tracing::info!("stopped");
+    }
+}
+
+/// The admin listener's task, from bind to the end of `run` (or of a server never run).
+struct AdminTask {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminTask {
+    fn start(
+        l: std::net::TcpListener,
+        shared: &Arc<Shared>,
+        log: &AccessLog,
+    ) -> io::Result<AdminTask> {
+        let addr = l.local_addr()?;
+        let l = TcpListener::from_std(l)?;
+        let metrics = Arc::new(crate::metrics::Metrics::new(shared, log.clone()));
+        Ok(AdminTask {
+            addr,
+            task: tokio::spawn(admin::serve(l, shared.clone(), metrics)),
+        })
+    }
+}
+
+impl Drop for AdminTask {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -162,3 +162,28 @@ async fn shutdown_lets_an_open_websocket_echo_until_shutdown_timeout_then_cuts_i
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+#[tokio::test]
+async fn ready_is_503_until_every_listener_is_bound_and_serving_then_200() {
+    let b = Backend::echo("b").await;
+    let text = render(YAML, &[("b", b.addr)]);
+    let config = switchyard::config::parse(std::path::Path::new("t.yaml"), &text)
+        .unwrap()
+        .config;
+    let server = switchyard::server::Server::bind(config).await.unwrap();
+    let admin = server.admin_addr().unwrap();
+    // Bound, not yet serving: the admin listener already answers, and says not ready.
+    let got = get(&format!("http://{admin}/ready")).await;
+    assert_eq!((got.status, got.text().as_str()), (503, "not ready\n"));
+    assert_eq!(get(&format!("http://{admin}/healthz")).await.status, 200);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    eventually(Duration::from_secs(5), || async {
+        get(&format!("http://{admin}/ready")).await.status == 200
+    })
+    .await;
+    let _ = tx.send(());
+    done.await.unwrap();
+}
