@@ -57,6 +57,8 @@
 #   CEILING=1 (no-proxy reference for loads a,b)  PROXY_CPU=0 CLIENT_CPU=1
 #   TLS_RESUMPTION=off|on  UPSTREAM_IDLE=64  OUT_MD=file  OUT_CSV=file  KEEP_TMP=0|1
 #   SWITCHYARD_NAME=switchyard  SWITCHYARD_TEMPLATE=<dir of this script>/switchyard-bench.yaml
+#   SWITCHYARD_ALT_CMD='...' SWITCHYARD_ALT_NAME=switchyard-alt: a second Switchyard peer on the same
+#     config (another build, e.g. without the request metrics), measured in the same run
 #   OTHER_CPU_MAX=7 RETRIES=2 MAX_TOTAL_RETRIES=8: a run during which processes outside the
 #   benchmark used more than OTHER_CPU_MAX % of the two cores (e.g. a build in another
 #   session) is redone with a fresh proxy, at most RETRIES times per run and
@@ -100,6 +102,8 @@ if [[ -z ${SWITCHYARD_CMD:-} ]]; then
 fi
 OUT_MD=${OUT_MD:-$REPO/bench/results.md}
 SWITCHYARD_NAME=${SWITCHYARD_NAME:-switchyard}
+SWITCHYARD_ALT_CMD=${SWITCHYARD_ALT_CMD:-}
+SWITCHYARD_ALT_NAME=${SWITCHYARD_ALT_NAME:-switchyard-alt}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ORIG_PWD=$PWD   # SWITCHYARD_CMD, OUT_MD and OUT_CSV are taken relative to this
 [[ -z $OUT_MD || $OUT_MD == /* ]] || OUT_MD=$ORIG_PWD/$OUT_MD
@@ -482,9 +486,10 @@ start_peer() { # $1 = peer name; sets PROXY_PID
       HOME=$d/xdg XDG_DATA_HOME=$d/xdg XDG_CONFIG_HOME=$d/xdg GOMAXPROCS=1 \
         taskset -c "$PROXY_CPU" caddy run --config "$d/caddy.json" >"$d/stdout.log" 2>&1 &
       PROXY_PID=$! ;;
-    "$SWITCHYARD_NAME")
+    "$SWITCHYARD_NAME"|"$SWITCHYARD_ALT_NAME")
       d=$WORK/switchyard
       local cmd=$SWITCHYARD_CMD
+      [[ $peer == "$SWITCHYARD_ALT_NAME" ]] && cmd=$SWITCHYARD_ALT_CMD
       if [[ $cmd == *"{config}"* ]]; then cmd=${cmd//\{config\}/$SWITCHYARD_BENCH_CONFIG}
       else cmd+=" --config $SWITCHYARD_BENCH_CONFIG"; fi
       (cd "$ORIG_PWD" && RUST_LOG=${RUST_LOG:-warn} exec taskset -c "$PROXY_CPU" bash -c "exec $cmd") >"$d/stdout.log" 2>&1 &
@@ -882,6 +887,7 @@ env_header() {
   echo "- $(h2load --version 2>&1 | head -1)"
   echo "- $(openssl version)"
   [[ -n $SWITCHYARD_CMD ]] && echo "- $SWITCHYARD_NAME $(git -C "$REPO" describe --always --dirty 2>/dev/null): \`${SWITCHYARD_CMD#"$REPO"/}\`"
+  [[ -n $SWITCHYARD_ALT_CMD ]] && echo "- $SWITCHYARD_ALT_NAME: \`${SWITCHYARD_ALT_CMD#"$REPO"/}\`"
   echo
 }
 
@@ -895,6 +901,7 @@ main() {
     peers_ok+="$p "
   done
   [[ -n $SWITCHYARD_CMD ]] && peers_ok+="$SWITCHYARD_NAME "
+  [[ -n $SWITCHYARD_ALT_CMD ]] && peers_ok+="$SWITCHYARD_ALT_NAME "
   PEERS=${peers_ok% }
   [[ " $PEERS " == *" nginx "* ]] || log "note: nginx not in PEERS, ratio columns will be n/a"
 

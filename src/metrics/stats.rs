@@ -96,6 +96,9 @@ fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
 
 /// Count the request of `r`, now that it is done.
 pub fn request(r: &Record) {
+    if !cfg!(feature = "metrics") {
+        return;
+    }
     let (route, pool) = match (&r.snap, r.route) {
         (Some(s), Some(i)) => (&*s.route_stats[i], r.pool.map(|p| &s.pools[p])),
         _ => (&r.conn.stats.unrouted, None),

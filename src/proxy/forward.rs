@@ -290,12 +290,14 @@ fn arrived(
             "backend ejected after {} 5xx responses in a row", pool.eject_on_5xx.unwrap_or(0));
     }
     let waited = now.saturating_duration_since(sent_at);
-    let code = status.as_u16();
-    backend
-        .stats
-        .responses
-        .with(|s| *s == code, || code, crate::metrics::series::Count::inc);
-    backend.stats.latency.observe(waited);
+    if cfg!(feature = "metrics") {
+        let code = status.as_u16();
+        backend
+            .stats
+            .responses
+            .with(|s| *s == code, || code, crate::metrics::series::Count::inc);
+        backend.stats.latency.observe(waited);
+    }
     if timed {
         state.latency.observe(waited, crate::clock::micros(now));
     }
