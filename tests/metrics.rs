@@ -238,7 +238,7 @@ async fn request_counters_move_by_exactly_what_was_sent_on_every_request_path() 
 }
 
 #[tokio::test]
-async fn connection_gauges_return_to_zero_and_methods_stay_bounded() {
+async fn connection_gauges_return_to_zero_and_labels_stay_bounded_under_random_methods_and_paths() {
     let b = Backend::echo("b").await;
     let p = Proxy::start(YAML, &[("a", b.addr), ("b", refusing_addr().await)]).await;
     let req = "GET /x HTTP/1.1\r\nhost: a\r\n\r\n";
@@ -267,7 +267,22 @@ async fn connection_gauges_return_to_zero_and_methods_stay_bounded() {
         let raw = format!("BREW{i} /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
         let _ = support::raw(p.addr, raw.as_bytes(), WAIT).await;
     }
+    // Nor do paths become labels: fifty distinct paths are one series (with the first 3).
+    for i in 0..50 {
+        assert_eq!(
+            get(&p.url(&format!("/random/{i}/{}", i * 7919)))
+                .await
+                .status,
+            200
+        );
+    }
+    let all = "switchyard_http_requests_total{listener=\"web\",route=\"all\",pool=\"p\",method=\"GET\",status=\"200\"}";
+    eventually(WAIT, || async {
+        value(&scrape(&p).await, all) == Some(53.0)
+    })
+    .await;
     let text = scrape(&p).await;
+    assert!(!text.contains("random"), "a path in a label:\n{text}");
     let mut methods: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("switchyard_http_requests_total{"))
