@@ -75,9 +75,9 @@ impl AccessLog {
         self.format.load(Relaxed) != code(AccessLogFormat::Off)
     }
 
-    /// Write lines in `format` from now on (a reload); the previous format.
-    pub fn set_format(&self, format: AccessLogFormat) -> AccessLogFormat {
-        decode(self.format.swap(code(format), Relaxed))
+    /// Write lines in `format` from now on (a reload).
+    pub fn set_format(&self, format: AccessLogFormat) {
+        self.format.store(code(format), Relaxed);
     }
 
     /// Lines dropped so far because the writer fell behind.

@@ -360,7 +360,8 @@ fn connect_reason(e: &crate::error::ConnectError) -> String {
     }
 }
 
-/// `GET path` over HTTP/1.1 on a connection of its own; the status of the response.
+/// `GET path` over HTTP/1.1 on a connection of its own; the status of the response head,
+/// read by the proxy's own response parser (1xx skipped, its limits and strictness).
 async fn h1_status(mut io: upstream::h1::Io, path: &str, host: &str) -> Result<u16, String> {
     let req = format!(
         "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: switchyard-health-check\r\nconnection: close\r\n\r\n"
@@ -368,31 +369,20 @@ async fn h1_status(mut io: upstream::h1::Io, path: &str, host: &str) -> Result<u
     io.write_all(req.as_bytes())
         .await
         .map_err(|e| format!("send failed: {e}"))?;
-    let mut buf = [0u8; 64];
-    let mut n = 0;
-    // The status line is all a check reads: `HTTP/1.1 200 ` is its first 13 bytes.
-    while n < 13 {
-        match io.read(&mut buf[n..]).await {
+    let mut buf = bytes::BytesMut::with_capacity(1024);
+    let mut fields = Vec::new();
+    loop {
+        match upstream::h1::parse_head(&mut buf, &mut fields, false, None) {
+            Ok(Some(head)) => return Ok(head.status.as_u16()),
+            Ok(None) => {}
+            Err(e) => return Err(format!("bad response: {e}")),
+        }
+        match io.read_buf(&mut buf).await {
             Ok(0) => return Err("closed without a response".into()),
-            Ok(k) => n += k,
+            Ok(_) => {}
             Err(e) => return Err(format!("read failed: {e}")),
         }
     }
-    parse_status(&buf[..n]).ok_or_else(|| "not an HTTP response".into())
-}
-
-/// The status code of an HTTP/1.x status line.
-fn parse_status(line: &[u8]) -> Option<u16> {
-    let rest = line.strip_prefix(b"HTTP/1.")?;
-    let code = rest.get(2..5)?;
-    let after = rest.get(5).copied().unwrap_or(b' ');
-    if rest.get(1) != Some(&b' ')
-        || !code.iter().all(u8::is_ascii_digit)
-        || !matches!(after, b' ' | b'\r')
-    {
-        return None;
-    }
-    std::str::from_utf8(code).ok()?.parse().ok()
 }
 
 /// `GET path` over HTTP/2 (an h2 pool's backends may speak nothing else).
@@ -508,16 +498,5 @@ mod tests {
         assert!(!p.available());
         p.connected();
         assert!(p.available());
-    }
-
-    #[test]
-    fn status_lines_parse() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
-        assert_eq!(parse_status(b"HTTP/1.1 20"), None);
-        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
-        assert_eq!(parse_status(b"HTTP/1.1  200"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 2000"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 200"), Some(200));
     }
 }

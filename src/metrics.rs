@@ -64,105 +64,123 @@ struct State {
     descs: Vec<Desc>,
 }
 
-/// (name, help, labels) of each family [`State`] reports.
-const FAMILIES: &[(&str, &str, &[&str])] = &[
+/// (name, help, labels, type) of each family [`State`] reports, in the order `collect`
+/// lists their series.
+const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
     (
         "switchyard_backend_up",
         "1 while the backend may take requests (not taken out by health checks or passive ejection), else 0",
         &["pool", "backend"],
+        MetricType::GAUGE,
     ),
     (
         "switchyard_backend_active_requests",
         "Requests in flight on the backend (until their response bodies are done)",
         &["pool", "backend"],
+        MetricType::GAUGE,
     ),
     (
         "switchyard_backend_draining",
         "1 for a backend marked drain: true (no new users; sticky users stay)",
         &["pool", "backend"],
+        MetricType::GAUGE,
     ),
     (
         "switchyard_backend_last_request_age_seconds",
         "Seconds since a draining backend last started a request: safe to remove when long enough",
         &["pool", "backend"],
+        MetricType::GAUGE,
     ),
     (
         "switchyard_config_reloads_total",
         "Config reloads by result (success: taken; failure: the running config stayed)",
         &["result"],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_tls_handshake_errors_total",
         "Failed TLS handshakes (plain HTTP on a TLS port included)",
         &["listener"],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_access_log_dropped_total",
         "Access log lines dropped because the writer fell behind",
         &[],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_http_requests_total",
         "Client requests by listener, route, pool, method and status (route and pool none when no route matched)",
         &["listener", "route", "pool", "method", "status"],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_http_request_duration_seconds",
         "Client request duration, from its head to the end of its response",
         &["listener", "route", "pool"],
+        MetricType::HISTOGRAM,
     ),
     (
         "switchyard_upstream_requests_total",
         "Backend responses by status",
         &["pool", "backend", "status"],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_upstream_response_duration_seconds",
         "Backend wait, from the request sent to the response head",
         &["pool", "backend"],
+        MetricType::HISTOGRAM,
     ),
     (
         "switchyard_upstream_connect_errors_total",
         "Failed connects to a backend (refused, timed out, TLS)",
         &["pool", "backend"],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_downstream_connections_active",
         "Client connections open now",
         &["listener"],
+        MetricType::GAUGE,
     ),
     (
         "switchyard_downstream_connections_total",
         "Client connections accepted",
         &["listener"],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_sticky_decisions_total",
         "Sticky cookie outcomes: hit, new (no cookie), reassigned (its backend down or gone), invalid (bad or expired)",
         &["pool", "result"],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_split_decisions_total",
         "Pools chosen by a split, by its cookie (a returning user, or QA forcing a variant) or by weight",
         &["route", "pool", "by"],
+        MetricType::COUNTER,
     ),
     (
         "switchyard_pool_fail_open_total",
         "Requests tried on a pool none of whose backends was healthy (when_all_down: fail_open)",
         &["pool"],
+        MetricType::COUNTER,
     ),
 ];
 
 /// The name of every family the proxy exports besides the process collector's.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    FAMILIES.iter().map(|(name, _, _)| *name)
+    FAMILIES.iter().map(|(name, _, _, _)| *name)
 }
 
 impl State {
     fn new(shared: &Arc<Shared>, log: AccessLog) -> State {
         let descs = FAMILIES
             .iter()
-            .map(|(name, help, labels)| {
+            .map(|(name, help, labels, _)| {
                 Desc::new(
                     name.to_string(),
                     help.to_string(),
@@ -214,25 +232,15 @@ impl Collector for State {
                 reloads.push(counter(&[("result", result)], n as f64));
             }
         }
-        let tls = shared
-            .listener_counters()
-            .into_iter()
-            .filter(|(l, n)| *n > 0 && snap.listener(l).is_some())
-            .map(|(l, n)| counter(&[("listener", &l)], n as f64))
-            .collect();
         let dropped = match self.log.dropped() {
             0 => vec![],
             n => vec![counter(&[], n as f64)],
         };
         let r = requests(&shared, &snap);
         let b = upstream(&snap);
-        let (open, accepted) = connections(&shared, &snap);
-        use MetricType::{COUNTER, GAUGE, HISTOGRAM};
-        let kinds = [
-            GAUGE, GAUGE, GAUGE, GAUGE, COUNTER, COUNTER, COUNTER, COUNTER, HISTOGRAM, COUNTER,
-            HISTOGRAM, COUNTER, GAUGE, COUNTER, COUNTER, COUNTER, COUNTER,
-        ];
-        let series = [
+        let (open, accepted, tls) = connections(&shared, &snap);
+        // One list per family, in FAMILIES order (the length is checked at compile time).
+        let series: [Vec<Metric>; FAMILIES.len()] = [
             up,
             active,
             draining,
@@ -253,9 +261,8 @@ impl Collector for State {
         ];
         FAMILIES
             .iter()
-            .zip(kinds)
             .zip(series)
-            .map(|(((name, help, _), kind), metrics)| family(name, help, kind, metrics))
+            .map(|((name, help, _, kind), metrics)| family(name, help, *kind, metrics))
             .collect()
     }
 }
@@ -384,9 +391,9 @@ fn upstream(snap: &Snapshot) -> Upstream {
     out
 }
 
-/// (open, accepted) client connections of the listeners `snap` has.
-fn connections(shared: &Shared, snap: &Snapshot) -> (Vec<Metric>, Vec<Metric>) {
-    let (mut open, mut total) = (Vec::new(), Vec::new());
+/// (open, accepted client connections, failed TLS handshakes) of the listeners `snap` has.
+fn connections(shared: &Shared, snap: &Snapshot) -> (Vec<Metric>, Vec<Metric>, Vec<Metric>) {
+    let (mut open, mut total, mut tls) = (Vec::new(), Vec::new(), Vec::new());
     for (name, st) in shared.listener_stats_all() {
         if snap.listener(&name).is_none() {
             continue;
@@ -397,8 +404,12 @@ fn connections(shared: &Shared, snap: &Snapshot) -> (Vec<Metric>, Vec<Metric>) {
         if n > 0 {
             total.push(counter(&labels, n as f64));
         }
+        let n = st.tls_handshake_errors.load(Relaxed);
+        if n > 0 {
+            tls.push(counter(&labels, n as f64));
+        }
     }
-    (open, total)
+    (open, total, tls)
 }
 
 fn histogram(labels: &[(&str, &str)], h: &Hist) -> Metric {

@@ -515,7 +515,7 @@ impl Running {
             }
         }
         self.listeners = kept;
-        let _ = self.proxy.log().set_format(config.access_log);
+        self.proxy.log().set_format(config.access_log);
         self.shared.swap(config);
         for l in &self.listeners {
             l.limit.resize(max);

@@ -65,18 +65,23 @@ impl Snapshot {
             }
         }
         let cookies = cookies.into_boxed_slice();
+        // By name, through a map: a reload of a thousand routes is not a million compares.
+        let kept: HashMap<&str, &Arc<RouteStats>> = prev
+            .map(|s| {
+                s.config
+                    .routes
+                    .iter()
+                    .map(|r| &*r.name)
+                    .zip(s.route_stats.iter())
+                    .collect()
+            })
+            .unwrap_or_default();
         let route_stats = config
             .routes
             .iter()
             .map(|r| {
-                prev.and_then(|s| {
-                    s.config
-                        .routes
-                        .iter()
-                        .position(|o| o.name == r.name)
-                        .map(|i| s.route_stats[i].clone())
-                })
-                .unwrap_or_default()
+                kept.get(&*r.name)
+                    .map_or_else(Arc::default, |s| Arc::clone(s))
             })
             .collect();
         Snapshot {
@@ -177,17 +182,6 @@ impl Shared {
         let all = self.listeners.lock().expect("listener stats lock poisoned");
         let mut v: Vec<_> = all.iter().map(|(n, s)| (n.clone(), s.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    /// Each listener's failed TLS handshakes so far (`switchyard_tls_handshake_errors_total`).
-    pub fn listener_counters(&self) -> Vec<(Arc<str>, u64)> {
-        let all = self.listeners.lock().expect("listener stats lock poisoned");
-        let mut v: Vec<_> = all
-            .iter()
-            .map(|(n, s)| (n.clone(), s.tls_handshake_errors.load(Relaxed)))
-            .collect();
-        v.sort();
         v
     }
 

@@ -4,32 +4,10 @@ mod support;
 
 use http::Response;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use support::matrix::{self, Kind, Matrix, Req, Spec};
 use support::*;
-
-/// A backend named `name` whose `/healthz` answers with the status in the returned cell
-/// (200 at first) and every other path with `status_of_others`, echoing its name.
-async fn checked(name: &'static str, others: u16) -> (Backend, Arc<AtomicU16>) {
-    let health = Arc::new(AtomicU16::new(200));
-    let h = health.clone();
-    let b = Backend::serve(move |req| {
-        let status = if req.uri().path() == "/healthz" {
-            h.load(Ordering::SeqCst)
-        } else {
-            others
-        };
-        Box::pin(async move {
-            Response::builder()
-                .status(status)
-                .header("x-backend", name)
-                .body(full(name))
-                .unwrap()
-        })
-    })
-    .await;
-    (b, health)
-}
 
 /// Who answered `n` GETs of `url`, in order; panics on any status but `want`.
 async fn who(url: &str, n: usize, want: u16) -> Vec<String> {
@@ -53,35 +31,85 @@ pools:
 routes: [{name: all, pool: p}]
 "#;
 
+/// Who answered `n` requests of this matrix's shape, in order; panics on any status but 200.
+async fn who_on(m: &Matrix, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let got = m.send(&Req::get(&format!("{}/{i}", matrix::PREFIX))).await;
+        assert_eq!(got.status, 200, "{}: {}", m.shape.name(), got.text());
+        out.push(got.header("x-backend").to_string());
+    }
+    out
+}
+
+/// The state of backend `i` of the matrix's pool, in the current snapshot.
+fn pool_backend(m: &Matrix, i: usize) -> Arc<switchyard::pool::BackendState> {
+    let snap = m.proxy.shared.load();
+    let pool = snap
+        .pools
+        .iter()
+        .find(|p| &*p.name == matrix::POOL)
+        .unwrap();
+    pool.backends[i].state.clone()
+}
+
 #[tokio::test]
 async fn a_backend_failing_its_check_gets_no_traffic_and_gets_it_back_after_recovery() {
-    let (a, a_health) = checked("a", 200).await;
-    let (b, _) = checked("b", 200).await;
-    let p = Proxy::start(CHECKED, &[("a", a.addr), ("b", b.addr)]).await;
-    let url = p.url("/x");
-    assert!(who(&url, 10, 200).await.contains(&"a".to_string()));
+    // Checks reach the backend the way the pool does (TLS, h2c), and every request path
+    // skips a backend they took out.
+    matrix::every_shape(|shape| async move {
+        let a_health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let b_health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let spec = Spec::new(vec![
+            Kind::Serve(checked_handler("a", 200, a_health.clone())),
+            Kind::Serve(checked_handler("b", 200, b_health)),
+        ])
+        .pool("health_check: {path: /healthz, interval: 100ms, timeout: 100ms, unhealthy_threshold: 2, healthy_threshold: 2}");
+        let m = Matrix::start(shape, spec).await;
+        assert!(who_on(&m, 10).await.contains(&"a".to_string()));
 
-    a_health.store(500, Ordering::SeqCst);
-    let flipped = Instant::now();
+        a_health.store(500, Ordering::SeqCst);
+        let flipped = Instant::now();
+        eventually(Duration::from_secs(3), || async {
+            pool_backend(&m, 0).active.is_down()
+        })
+        .await;
+        // Two failed checks 100 ms (+-10 %) apart, after the one in flight.
+        let took = flipped.elapsed();
+        // Loose for a loaded machine; what is held is "seconds, not a TTL".
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert_eq!(
+            pool_backend(&m, 0).active.reason().as_deref(),
+            Some("status 500")
+        );
+        let served = who_on(&m, 20).await;
+        assert!(served.iter().all(|s| s == "b"), "{}: {served:?}", shape.name());
+
+        a_health.store(200, Ordering::SeqCst);
+        eventually(Duration::from_secs(3), || async {
+            !pool_backend(&m, 0).active.is_down()
+        })
+        .await;
+        assert!(who_on(&m, 10).await.contains(&"a".to_string()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_whose_check_answer_is_not_http_is_down_with_the_reason() {
+    let garbage =
+        RawBackend::start(|_, _| Reply::bytes("SSH-2.0-OpenSSH_9.2\r\n").then_close()).await;
+    let (b, _) = Backend::checked("b", 200).await;
+    let p = Proxy::start(CHECKED, &[("a", garbage.addr), ("b", b.addr)]).await;
     let state = || p.shared.load().pools[0].backends[0].state.clone();
     eventually(Duration::from_secs(3), || async {
         state().active.is_down()
     })
     .await;
-    // Two failed checks 100 ms (+-10 %) apart, after the one in flight.
-    let took = flipped.elapsed();
-    // Loose for a loaded machine; what is held is "seconds, not a TTL".
-    assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert_eq!(state().active.reason().as_deref(), Some("status 500"));
-    let served = who(&url, 40, 200).await;
+    let reason = state().active.reason().unwrap();
+    assert!(reason.starts_with("bad response"), "{reason}");
+    let served = who(&p.url("/x"), 10, 200).await;
     assert!(served.iter().all(|s| s == "b"), "{served:?}");
-
-    a_health.store(200, Ordering::SeqCst);
-    eventually(Duration::from_secs(3), || async {
-        !state().active.is_down()
-    })
-    .await;
-    assert!(who(&url, 10, 200).await.contains(&"a".to_string()));
 }
 
 #[tokio::test]
@@ -216,31 +244,26 @@ routes: [{name: all, pool: p}]
 
 #[tokio::test]
 async fn consecutive_5xx_eject_a_backend_when_eject_on_5xx_is_set() {
-    let (bad, _) = checked("bad", 500).await;
-    let (good, _) = checked("good", 200).await;
-    let yaml = r#"
-listeners: [{name: web, bind: "{listen}"}]
-access_log: off
-pools: {p: {eject_on_5xx: 3, backends: [{addr: "{bad}"}, {addr: "{good}"}]}}
-routes: [{name: all, pool: p}]
-"#;
-    let p = Proxy::start(yaml, &[("bad", bad.addr), ("good", good.addr)]).await;
-    let c = client();
-    let mut fives = 0;
-    for _ in 0..40 {
-        let got = get_with(&c, &p.url("/"), &[]).await;
-        if got.status == 500 {
-            fives += 1;
+    // Both upstream clients (the lane's HTTP/1.1 one and hyper's h2) report the status.
+    matrix::every_shape(|shape| async move {
+        let spec = Spec::new(vec![
+            Kind::Serve(checked_handler("bad", 500, Arc::default())),
+            Kind::Echo("good"),
+        ])
+        .pool("eject_on_5xx: 3");
+        let m = Matrix::start(shape, spec).await;
+        let mut fives = 0;
+        for i in 0..40 {
+            let got = m.send(&Req::get(&format!("{}/{i}", matrix::PREFIX))).await;
+            if got.status == 500 {
+                fives += 1;
+            }
         }
-    }
-    // Round robin: every other request goes to `bad` until its third 500 in a row.
-    assert_eq!(fives, 3);
-    assert!(
-        !p.shared.load().pools[0].backends[0]
-            .state
-            .passive
-            .available()
-    );
+        // Round robin: every other request goes to `bad` until its third 500 in a row.
+        assert_eq!(fives, 3, "{}", shape.name());
+        assert!(!pool_backend(&m, 0).passive.available());
+    })
+    .await;
 }
 
 fn all_down(when: &str) -> String {
@@ -294,8 +317,8 @@ routes: [{name: all, pool: p}]
 
 #[tokio::test]
 async fn a_draining_backend_keeps_its_sticky_users_and_gets_no_new_ones() {
-    let (a, _) = checked("a", 200).await;
-    let (b, _) = checked("b", 200).await;
+    let (a, _) = Backend::checked("a", 200).await;
+    let (b, _) = Backend::checked("b", 200).await;
     let addrs = [("a", a.addr), ("b", b.addr)];
     let p = Proxy::start(&DRAIN.replace("@DRAIN@", ""), &addrs).await;
     let c = client();
@@ -331,8 +354,8 @@ async fn a_draining_backend_keeps_its_sticky_users_and_gets_no_new_ones() {
 
 #[tokio::test]
 async fn health_of_a_backend_that_stays_survives_a_reload() {
-    let (a, a_health) = checked("a", 200).await;
-    let (b, _) = checked("b", 200).await;
+    let (a, a_health) = Backend::checked("a", 200).await;
+    let (b, _) = Backend::checked("b", 200).await;
     let addrs = [("a", a.addr), ("b", b.addr)];
     let p = Proxy::start(CHECKED, &addrs).await;
     a_health.store(500, Ordering::SeqCst);

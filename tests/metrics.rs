@@ -2,12 +2,9 @@
 //! `promtool check metrics`.
 mod support;
 
-use http::Response;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::*;
-use switchyard::reload::Reloader;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -43,13 +40,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn backend_up_exists_for_every_backend_from_start_and_flips_with_health() {
-    let health = Arc::new(AtomicU16::new(200));
-    let h = health.clone();
-    let a = Backend::serve(move |_| {
-        let status = h.load(Ordering::SeqCst);
-        Box::pin(async move { Response::builder().status(status).body(full("")).unwrap() })
-    })
-    .await;
+    let (a, health) = Backend::checked("a", 200).await;
     let b = Backend::echo("b").await;
     let p = Proxy::start(YAML, &[("a", a.addr), ("b", b.addr)]).await;
     let up_a = format!("switchyard_backend_up{{pool=\"p\",backend=\"{}\"}}", a.addr);
@@ -83,36 +74,27 @@ async fn backend_up_exists_for_every_backend_from_start_and_flips_with_health() 
 async fn reloads_are_counted_by_result_and_removed_backends_leave_the_scrape() {
     let a = Backend::echo("a").await;
     let b = Backend::echo("b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.yaml");
     let yaml = render(YAML, &[("a", a.addr), ("b", b.addr)]);
-    std::fs::write(&path, &yaml).unwrap();
-    let p = Proxy::start(&yaml, &[]).await;
-    let reloader = Reloader::new(
-        path.clone(),
-        yaml.clone(),
-        p.control.clone(),
-        p.shared.clone(),
-    );
-    tokio::spawn(reloader.run());
+    let w = Watched::start(&yaml).await;
+    let (p, path) = (&w.proxy, &w.path);
 
-    std::fs::write(&path, yaml.replace("pool: p}", "pool: nope}")).unwrap();
+    std::fs::write(path, yaml.replace("pool: p}", "pool: nope}")).unwrap();
     let failure = "switchyard_config_reloads_total{result=\"failure\"}";
     eventually(WAIT, || async {
-        value(&scrape(&p).await, failure) == Some(1.0)
+        value(&scrape(p).await, failure) == Some(1.0)
     })
     .await;
 
     // Keep only `a`; the admin listener stays where it is.
     let one = yaml.replace(&format!(", {{addr: \"{}\", drain: true}}", b.addr), "");
     assert_ne!(one, yaml);
-    std::fs::write(&path, &one).unwrap();
+    std::fs::write(path, &one).unwrap();
     let success = "switchyard_config_reloads_total{result=\"success\"}";
     eventually(WAIT, || async {
-        value(&scrape(&p).await, success) == Some(1.0)
+        value(&scrape(p).await, success) == Some(1.0)
     })
     .await;
-    let text = scrape(&p).await;
+    let text = scrape(p).await;
     assert!(text.contains(&a.addr.to_string()));
     assert!(!text.contains(&b.addr.to_string()), "{text}");
     assert_eq!(value(&text, failure), Some(1.0));
@@ -391,13 +373,8 @@ routes:
 
 #[tokio::test]
 async fn status_is_the_running_proxy_as_json() {
-    let health = Arc::new(AtomicU16::new(500));
-    let h = health.clone();
-    let down = Backend::serve(move |_| {
-        let status = h.load(Ordering::SeqCst);
-        Box::pin(async move { Response::builder().status(status).body(full("")).unwrap() })
-    })
-    .await;
+    let (down, health) = Backend::checked("down", 200).await;
+    health.store(500, Ordering::SeqCst);
     let up = Backend::echo("up").await;
     let drained = Backend::echo("drained").await;
     let yaml = r#"

@@ -268,19 +268,7 @@ async fn forwarded_headers_and_request_ids() {
 
 #[tokio::test]
 async fn websocket_echo_through_the_proxy() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_text() || msg.is_binary() {
-                ws.send(msg).await.unwrap();
-            } else if msg.is_close() {
-                break;
-            }
-        }
-    });
+    let (addr, server) = websocket_echo().await;
     let p = Proxy::start(ONE_POOL, &[("b", addr)]).await;
     let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/chat", p.addr))
         .await

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::matrix::{self, Matrix, Req, Spec};
 use support::*;
-use switchyard::reload::Reloader;
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -119,21 +118,12 @@ async fn a_broken_config_keeps_the_running_one_and_every_error_is_logged_with_it
 #[tokio::test]
 async fn reloads_are_counted_and_the_last_outcome_is_kept() {
     let b = Backend::echo("b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.yaml");
     let yaml = config("127.0.0.1:0", b.addr, "{name: all, pool: p}");
-    std::fs::write(&path, &yaml).unwrap();
-    let p = Proxy::start(&yaml, &[]).await;
-    let reloader = Reloader::new(
-        path.clone(),
-        yaml.clone(),
-        p.control.clone(),
-        p.shared.clone(),
-    );
-    tokio::spawn(reloader.run());
+    let w = Watched::start(&yaml).await;
+    let (p, path) = (&w.proxy, &w.path);
     let reloads = &p.shared.reloads;
 
-    std::fs::write(&path, yaml.replace("pool: p}", "pool: q}")).unwrap();
+    std::fs::write(path, yaml.replace("pool: p}", "pool: q}")).unwrap();
     eventually(WAIT, || async {
         reloads.failed.load(Ordering::SeqCst) == 1
     })
@@ -149,7 +139,7 @@ async fn reloads_are_counted_and_the_last_outcome_is_kept() {
         "{name: all, pool: p}",
         "{name: z, match: {prefix: /z}, pool: p}",
     );
-    std::fs::write(&path, routed).unwrap();
+    std::fs::write(path, routed).unwrap();
     eventually(WAIT, || async { reloads.ok.load(Ordering::SeqCst) == 1 }).await;
     assert!(reloads.last().unwrap().error.is_none());
     assert_eq!(get(&p.url("/z")).await.status, 200);
@@ -215,17 +205,7 @@ async fn no_request_fails_across_three_reloads_under_load_on_any_request_path() 
 
 #[tokio::test]
 async fn a_websocket_opened_before_a_reload_keeps_echoing_after_it() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_text() {
-                ws.send(msg).await.unwrap();
-            }
-        }
-    });
+    let (addr, _echo) = websocket_echo().await;
     let other = Backend::echo("other").await;
     let p = Proxy::start(ONE_POOL, &[("b", addr)]).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", p.addr))
@@ -311,17 +291,7 @@ async fn a_reload_whose_listener_cannot_bind_changes_nothing() {
 
 #[tokio::test]
 async fn a_websocket_on_a_removed_listener_echoes_on_until_shutdown_timeout_then_is_cut() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_text() {
-                ws.send(msg).await.unwrap();
-            }
-        }
-    });
+    let (addr, _echo) = websocket_echo().await;
     let two = TWO.replace("shutdown_timeout: 10s", "shutdown_timeout: 1s");
     let one = ONE_POOL.replace("access_log: off", "access_log: off\nshutdown_timeout: 1s");
     let addrs = [("b", addr)];
@@ -520,6 +490,27 @@ async fn the_access_log_format_follows_a_reload_on_every_request_path() {
         assert_eq!(m.send(&Req::get(&path("two"))).await.status, 200);
         // The next line is the second logged request's: the one sent while off left none.
         assert_eq!(m.next_log().await["path"], path("two"), "{}", shape.name());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lowered_body_limit_applies_to_the_next_request_of_a_kept_connection_on_every_path() {
+    matrix::every_shape(|shape| async move {
+        if shape == matrix::Shape::Get {
+            matrix::skip(shape, "no body");
+            return;
+        }
+        let m = Matrix::start(shape, Spec::new(vec![matrix::Kind::Echo("a")])).await;
+        let mut session = m.session().await;
+        let body = || Req::post(&format!("{}/up", matrix::PREFIX), vec![b'x'; 20]);
+        assert_eq!(m.send_on(&mut session, &body()).await.status, 200);
+        m.reload(|y| y.replace("pools:\n", "limits: {max_request_body_bytes: 10}\npools:\n"))
+            .await
+            .unwrap();
+        // The same connection (one HTTP/2 connection, one keep-alive HTTP/1.1 one).
+        let over = m.send_on(&mut session, &body()).await;
+        assert_eq!(over.status, 413, "{}: {}", shape.name(), over.text());
     })
     .await;
 }

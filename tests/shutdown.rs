@@ -129,17 +129,7 @@ async fn several_workers_share_a_listener_and_drain_together() {
 async fn shutdown_lets_an_open_websocket_echo_until_shutdown_timeout_then_cuts_it() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_text() {
-                ws.send(msg).await.unwrap();
-            }
-        }
-    });
+    let (addr, _echo) = websocket_echo().await;
     let yaml = YAML.replace("shutdown_timeout: 10s", "shutdown_timeout: 1s");
     let mut p = Proxy::start(&yaml, &[("b", addr)]).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", p.addr))

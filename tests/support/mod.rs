@@ -92,7 +92,7 @@ impl Drop for Proxy {
     }
 }
 
-type Handler = Arc<
+pub type Handler = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>
         + Send
         + Sync,
@@ -189,6 +189,18 @@ impl Backend {
         })
         .await;
         (b, release)
+    }
+
+    /// A backend named `name` whose `/healthz` answers with the status in the returned
+    /// cell (200 at first) and every other path with `others`, its name as the body and in
+    /// `x-backend`.
+    pub async fn checked(
+        name: &'static str,
+        others: u16,
+    ) -> (Backend, Arc<std::sync::atomic::AtomicU16>) {
+        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let b = Backend::serve_over(checked_handler(name, others, health.clone()), None).await;
+        (b, health)
     }
 
     /// Requests served so far.
@@ -349,6 +361,78 @@ async fn echo_response(req: Request<Incoming>, name: &Arc<str>) -> Response<Test
         .await
         .unwrap_or_else(|e| match e {});
     resp.map(|b| b.map_err(|e| match e {}).boxed())
+}
+
+/// The handler of [`Backend::checked`]: `/healthz` answers with the status in `health`,
+/// every other path with `others`, named `name`.
+pub fn checked_handler(
+    name: &'static str,
+    others: u16,
+    health: Arc<std::sync::atomic::AtomicU16>,
+) -> Handler {
+    Arc::new(move |req| {
+        let status = if req.uri().path() == "/healthz" {
+            health.load(Ordering::SeqCst)
+        } else {
+            others
+        };
+        Box::pin(async move {
+            Response::builder()
+                .status(status)
+                .header("x-backend", name)
+                .body(full(name))
+                .unwrap()
+        })
+    })
+}
+
+/// A WebSocket echo backend for one connection (text and binary messages come back, a
+/// close ends it); its address, and the task, which ends with the connection.
+pub async fn websocket_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                ws.send(msg).await.unwrap();
+            } else if msg.is_close() {
+                break;
+            }
+        }
+    });
+    (addr, task)
+}
+
+/// A proxy started on `yaml` (rendered, no `{NAME}` addresses) that also watches a file
+/// holding it, as `run` does: [`Watched::path`] is the file to edit.
+pub struct Watched {
+    pub proxy: Proxy,
+    pub path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Watched {
+    pub async fn start(yaml: &str) -> Watched {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let proxy = Proxy::start(yaml, &[]).await;
+        let reloader = switchyard::reload::Reloader::new(
+            path.clone(),
+            yaml.to_string(),
+            proxy.control.clone(),
+            proxy.shared.clone(),
+        );
+        tokio::spawn(reloader.run());
+        Watched {
+            proxy,
+            path,
+            _dir: dir,
+        }
+    }
 }
 
 /// An address where nothing listens (bound, then released).
