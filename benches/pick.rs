@@ -45,7 +45,7 @@ fn snapshot(balance: &str, n: usize, extra: &str) -> Snapshot {
     );
     let loaded = switchyard::config::parse(Path::new("bench.yaml"), &yaml)
         .unwrap_or_else(|e| panic!("bench config does not parse: {e:?}\n{yaml}"));
-    Snapshot::compile(loaded.config, None)
+    Snapshot::compile(loaded.config, None, &Default::default())
 }
 
 /// A connection as a plain listener sees it, from `peer`.

@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
             .unwrap_or_else(|e| panic!("bench config invalid: {e:?}"))
             .config
     };
-    let first = Snapshot::compile(parse(), None);
+    let first = Snapshot::compile(parse(), None, &Default::default());
     assert_eq!(first.config.routes.len(), ROUTES);
     assert_eq!(
         first.pools.iter().map(|p| p.backends.len()).sum::<usize>(),
@@ -119,14 +119,23 @@ fn bench(c: &mut Criterion) {
     g.bench_function("parse", |b| b.iter(|| black_box(parse())));
     let cfg = parse();
     g.bench_function("compile", |b| {
-        b.iter(|| black_box(Snapshot::compile(cfg.clone(), Some(&first))))
+        b.iter(|| {
+            black_box(Snapshot::compile(
+                cfg.clone(),
+                Some(&first),
+                &Default::default(),
+            ))
+        })
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let shared = Shared::new(Snapshot::compile(parse(), None));
+    let shared = std::sync::Arc::new(Shared::new(
+        Snapshot::compile(parse(), None, &Default::default()),
+        Default::default(),
+    ));
     g.bench_function("whole", |b| b.iter(|| shared.swap(parse())));
     shared.checks.stop();
     g.finish();
@@ -149,7 +158,10 @@ fn bench(c: &mut Criterion) {
 /// A proxy's state for `cfg` once every route has seen three statuses and every backend
 /// two, with latencies; and its metrics.
 fn populated(cfg: config::Config) -> (std::sync::Arc<Shared>, Metrics) {
-    let shared = std::sync::Arc::new(Shared::new(Snapshot::compile(cfg, None)));
+    let shared = std::sync::Arc::new(Shared::new(
+        Snapshot::compile(cfg, None, &Default::default()),
+        Default::default(),
+    ));
     let snap = shared.load();
     let listener: std::sync::Arc<str> = "web".into();
     for (r, st) in snap.route_stats.iter().enumerate() {

@@ -427,13 +427,14 @@ mod tests {
         ports
             .iter()
             .map(|&(p, w)| {
+                let addr = ([127, 0, 0, 1], 9000 + p).into();
                 Arc::new(Backend::new(
                     &config::Backend {
-                        addr: ([127, 0, 0, 1], 9000 + p).into(),
-                        host: None,
+                        addr: config::Addr::Ip(addr),
                         weight: w,
                         drain: false,
                     },
+                    addr,
                     None,
                     None,
                     None,

@@ -165,7 +165,15 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         cookies: a.cookies.clone(),
         client: a.client,
     };
-    match crate::explain::explain(config, &ask) {
+    // Names are looked up as the proxy would, once: the backend shown is one it could pick.
+    let dns = crate::dns::Dns::default();
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        rt.block_on(dns.prepare(&config));
+    }
+    match crate::explain::explain(config, &ask, &dns.answers()) {
         Ok(e) => {
             let mut out = std::io::stdout().lock();
             let _ = if a.json {
@@ -221,6 +229,9 @@ fn summary(path: &Path, c: &Config) -> String {
     if let Some(a) = c.admin {
         s += &format!("admin: http://{a}\n");
     }
+    if let Some(r) = c.resolver {
+        s += &format!("resolver: {r} (backend names)\n");
+    }
     s += &format!("pools ({}):\n", c.pools.len());
     for p in &c.pools {
         let backends: Vec<String> = p
@@ -230,6 +241,12 @@ fn summary(path: &Path, c: &Config) -> String {
                 let mut x = format!("{} w{}", b.addr, b.weight);
                 if b.drain {
                     x += " draining";
+                }
+                if b.addr.host().is_some() {
+                    x += &format!(
+                        " (DNS, every {})",
+                        humantime::format_duration(p.dns_refresh)
+                    );
                 }
                 x
             })
@@ -349,9 +366,11 @@ async fn start_echo_backends(config: &Config) -> anyhow::Result<()> {
     let mut names: BTreeMap<SocketAddr, String> = BTreeMap::new();
     for p in &config.pools {
         for (i, b) in p.backends.iter().enumerate() {
-            if b.addr.ip().is_loopback() {
+            if let config::Addr::Ip(addr) = b.addr
+                && addr.ip().is_loopback()
+            {
                 names
-                    .entry(b.addr)
+                    .entry(addr)
                     .or_insert_with(|| format!("{}-{}", p.name, i + 1));
             }
         }

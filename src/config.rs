@@ -31,6 +31,8 @@ pub struct Config {
     pub limits: Limits,
     /// The keys of `sticky_secret_env`, if set: the first signs, all verify.
     pub sticky_secret: Option<Secret>,
+    /// The DNS server backend names are looked up at; `None`: the system's.
+    pub resolver: Option<SocketAddr>,
     pub pools: Vec<Pool>,
     pub routes: Vec<Route>,
 }
@@ -124,6 +126,8 @@ pub struct Pool {
     pub protocol: Protocol,
     /// Connect to backends with TLS.
     pub tls: Option<UpstreamTls>,
+    /// How often backend names are looked up again (before jitter).
+    pub dns_refresh: Duration,
     pub backends: Vec<Backend>,
 }
 
@@ -244,14 +248,42 @@ pub enum WhenAllDown {
     Reject,
 }
 
-/// One backend of a pool.
+/// One backend of a pool, as configured: by DNS name it may stand for several.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
-    pub addr: SocketAddr,
-    /// The DNS name it was given by, if not an IP address (the TLS server name).
-    pub host: Option<String>,
+    pub addr: Addr,
     pub weight: u32,
     pub drain: bool,
+}
+
+/// A backend's `addr`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Addr {
+    Ip(SocketAddr),
+    /// One backend per address the name resolves to (see `dns`); the name is lower-case.
+    Name {
+        host: Arc<str>,
+        port: u16,
+    },
+}
+
+impl Addr {
+    /// The DNS name, if it is one (what TLS sends and verifies by default).
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Addr::Ip(_) => None,
+            Addr::Name { host, .. } => Some(host),
+        }
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Ip(a) => a.fmt(f),
+            Addr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// One entry of `routes:`, in file order.

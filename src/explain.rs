@@ -94,8 +94,12 @@ pub enum AskError {
     NoListener(&'static str),
 }
 
-/// Explain `ask` against `config`.
-pub fn explain(config: Config, ask: &Ask) -> Result<Explanation, AskError> {
+/// Explain `ask` against `config`, its backend names standing for `answers`.
+pub fn explain(
+    config: Config,
+    ask: &Ask,
+    answers: &crate::dns::Answers,
+) -> Result<Explanation, AskError> {
     let uri: Uri = ask
         .url
         .parse()
@@ -110,7 +114,7 @@ pub fn explain(config: Config, ask: &Ask) -> Result<Explanation, AskError> {
         .ok_or_else(|| AskError::Url(ask.url.clone()))?
         .to_string();
     let parts = request(ask, &uri, &authority)?;
-    let snap = Snapshot::compile(config, None);
+    let snap = Snapshot::compile(config, None, answers);
     let listener = snap
         .config
         .listeners

@@ -21,6 +21,7 @@
 //! (passive ejection), [`tls`] (SNI from the live snapshot; [`tls::certs`] loads files),
 //! [`net`] (sockets). Above it: [`snapshot`] (the compiled config every request reads, one
 //! `ArcSwap`), [`config`] (`routes.yaml` -> raw serde -> validated [`config::Config`]),
+//! [`dns`] (backend names looked up again every `dns_refresh`),
 //! [`server`] (listeners, limits, timeouts, shutdown), [`admin`], [`echo`] (the stand-in
 //! backend), [`explain`], [`cli`].
 //!
@@ -38,6 +39,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dns;
 pub mod echo;
 pub mod error;
 pub mod explain;

@@ -98,6 +98,18 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::COUNTER,
     ),
     (
+        "switchyard_dns_lookups_total",
+        "Lookups of backend names by result (failure: an error, a timeout or no address; the last good addresses stay)",
+        &["name", "result"],
+        MetricType::COUNTER,
+    ),
+    (
+        "switchyard_dns_addresses",
+        "Addresses a backend name resolves to now (the last good answer)",
+        &["name"],
+        MetricType::GAUGE,
+    ),
+    (
         "switchyard_tls_handshake_errors_total",
         "Failed TLS handshakes (plain HTTP on a TLS port included)",
         &["listener"],
@@ -232,6 +244,18 @@ impl Collector for State {
                 reloads.push(counter(&[("result", result)], n as f64));
             }
         }
+        let (mut lookups, mut addresses) = (vec![], vec![]);
+        for (name, st, n) in shared.dns.stats() {
+            for (result, c) in [
+                ("success", st.ok.load(Relaxed)),
+                ("failure", st.failed.load(Relaxed)),
+            ] {
+                if c > 0 {
+                    lookups.push(counter(&[("name", &name), ("result", result)], c as f64));
+                }
+            }
+            addresses.push(gauge(&[("name", &name)], n as f64));
+        }
         let dropped = match self.log.dropped() {
             0 => vec![],
             n => vec![counter(&[], n as f64)],
@@ -246,6 +270,8 @@ impl Collector for State {
             draining,
             age,
             reloads,
+            lookups,
+            addresses,
             tls,
             dropped,
             r.requests,

@@ -7,6 +7,7 @@
 
 use crate::balance::{Balancer, Ewma};
 use crate::config::{self, Balance, Protocol, Timeouts, UpstreamTls, WhenAllDown};
+use crate::dns::Answers;
 use crate::health::{Active, Passive};
 use crate::metrics::stats::BackendStats;
 use crate::sticky::Sticky;
@@ -43,9 +44,11 @@ pub struct Pool {
     pub stats: Arc<crate::metrics::stats::PoolStats>,
 }
 
-/// One backend of a pool.
+/// One backend of a pool: an address to connect to.
 pub struct Backend {
     pub addr: SocketAddr,
+    /// The `addr` of the config it came from when that was a DNS name (`app:80`).
+    pub name: Option<Arc<str>>,
     /// `ip:port`, as used in logs and metric labels.
     pub label: Arc<str>,
     /// The name TLS sends and verifies: `sni:`, else the backend's host name or IP.
@@ -122,20 +125,23 @@ impl BackendState {
 }
 
 impl Backend {
-    /// A backend for `cfg`, taking over `prev` state when the backend stays.
+    /// A backend at `addr` for `cfg` (its address, or one its name resolved to), taking
+    /// over `prev` state when the backend stays.
     pub fn new(
         cfg: &config::Backend,
+        addr: SocketAddr,
         sni: Option<&str>,
         prev: Option<Arc<BackendState>>,
         stats: Option<Arc<BackendStats>>,
     ) -> Backend {
         let server_name = sni
-            .or(cfg.host.as_deref())
+            .or(cfg.addr.host())
             .and_then(|n| ServerName::try_from(n.to_string()).ok())
-            .unwrap_or_else(|| ServerName::IpAddress(cfg.addr.ip().into()));
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         Backend {
-            addr: cfg.addr,
-            label: cfg.addr.to_string().into(),
+            addr,
+            name: cfg.addr.host().map(|_| cfg.addr.to_string().into()),
+            label: addr.to_string().into(),
             server_name,
             weight: cfg.weight,
             drain: cfg.drain,
@@ -197,34 +203,34 @@ pub enum Pick {
 
 impl Pool {
     /// Compile `cfg`, reusing backend state from the previous snapshot's `prev`; `secret`
-    /// keys the sticky cookie.
+    /// keys the sticky cookie; a named backend is one backend per address `answers` has
+    /// for its name (none yet: none).
     pub fn compile(
         cfg: &config::Pool,
         prev: Option<&Pool>,
         secret: Option<&config::Secret>,
+        answers: &Answers,
     ) -> Pool {
         let stats = prev.map(|p| p.stats.clone()).unwrap_or_default();
         let counted = prev;
         // Pooled connections only carry over while they are still the right kind.
         let prev = prev.filter(|p| p.protocol == cfg.protocol && p.tls == cfg.tls);
         let sni = cfg.tls.as_ref().and_then(|t| t.sni.as_deref());
-        let backends: Vec<Arc<Backend>> = cfg
-            .backends
-            .iter()
-            .map(|b| {
+        let backends: Vec<Arc<Backend>> = addresses(cfg, answers)
+            .map(|(b, addr)| {
                 let state = prev.and_then(|p| {
                     p.backends
                         .iter()
-                        .find(|old| old.addr == b.addr)
+                        .find(|old| old.addr == addr)
                         .map(|old| old.state.clone())
                 });
                 let stats = counted.and_then(|p| {
                     p.backends
                         .iter()
-                        .find(|old| old.addr == b.addr)
+                        .find(|old| old.addr == addr)
                         .map(|old| old.stats.clone())
                 });
-                Arc::new(Backend::new(b, sni, state, stats))
+                Arc::new(Backend::new(b, addr, sni, state, stats))
             })
             .collect();
         let backends_len = backends.len();
@@ -306,6 +312,32 @@ impl Pool {
     }
 }
 
+/// Every address `cfg`'s backends stand for, with the entry each came from, in config
+/// order; an address two entries reach (a name resolving to a listed IP) is the first's.
+fn addresses<'a>(
+    cfg: &'a config::Pool,
+    answers: &'a Answers,
+) -> impl Iterator<Item = (&'a config::Backend, SocketAddr)> + 'a {
+    let mut seen = std::collections::HashSet::new();
+    cfg.backends
+        .iter()
+        .flat_map(move |b| {
+            let one = match b.addr {
+                config::Addr::Ip(a) => Some(a),
+                config::Addr::Name { .. } => None,
+            };
+            let many = match &b.addr {
+                config::Addr::Name { host, port } => answers
+                    .get(host)
+                    .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect())
+                    .unwrap_or_default(),
+                config::Addr::Ip(_) => Vec::new(),
+            };
+            one.into_iter().chain(many).map(move |a| (b, a))
+        })
+        .filter(move |(_, a)| seen.insert(*a))
+}
+
 /// How many of `n` backends `percent` lets passive ejection take out: at least one
 /// unless it is 0 (Envoy's outlier detection rounds the same way).
 fn max_ejected(n: usize, percent: u32) -> usize {
@@ -329,8 +361,7 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(i, &drain)| config::Backend {
-                        addr: ([127, 0, 0, 1], 1 + i as u16).into(),
-                        host: None,
+                        addr: config::Addr::Ip(([127, 0, 0, 1], 1 + i as u16).into()),
                         weight: 1,
                         drain,
                     })
@@ -339,6 +370,7 @@ mod tests {
             },
             None,
             None,
+            &Answers::default(),
         )
     }
 
@@ -410,8 +442,7 @@ mod tests {
         let b = Pool::compile(
             &config::Pool {
                 backends: vec![config::Backend {
-                    addr: a.backends[1].addr,
-                    host: None,
+                    addr: config::Addr::Ip(a.backends[1].addr),
                     weight: 1,
                     drain: false,
                 }],
@@ -419,6 +450,7 @@ mod tests {
             },
             Some(&a),
             None,
+            &Answers::default(),
         );
         assert_eq!(b.backends[0].state.in_flight(), 1);
         assert!(Arc::ptr_eq(&a.backends[1].state, &b.backends[0].state));
@@ -443,6 +475,7 @@ mod tests {
             max_ejection_percent: 50,
             protocol: Protocol::Http1,
             tls: None,
+            dns_refresh: Duration::from_secs(5),
             backends: vec![],
         }
     }

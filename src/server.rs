@@ -227,7 +227,12 @@ impl Server {
         };
         let listener_cfgs = config.listeners.clone();
         let max_connections = config.limits.max_connections;
-        let shared = Arc::new(Shared::new(Snapshot::compile(config, None)));
+        // Backend names resolved before the first request, so the pools they feed are not
+        // empty then (a name that fails now is retried every `dns_refresh`).
+        let dns = crate::dns::Dns::default();
+        dns.prepare(&config).await;
+        let first = Snapshot::compile(config, None, &dns.answers());
+        let shared = Arc::new(Shared::new(first, dns));
         let admin = match admin {
             Some(l) => Some(AdminTask::start(l, &shared, &log)?),
             None => None,
@@ -336,6 +341,7 @@ impl Server {
             running.start(b);
         }
         shared.checks.reconcile(&shared.load());
+        shared.dns.reconcile(&shared, &shared.load().config);
         shared.ready.store(true, Ordering::Relaxed);
 
         let mut shutdown = pin!(shutdown);
@@ -344,6 +350,8 @@ impl Server {
                 () = &mut shutdown => break,
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Reload(config, reply) => {
+                        // New backend names first: a reload that adds one serves it at once.
+                        shared.dns.prepare(&config).await;
                         let _ = reply.send(running.reload(*config));
                     }
                 },
@@ -352,6 +360,7 @@ impl Server {
         shared.ready.store(false, Ordering::Relaxed);
         tracing::info!("shutting down: listeners closed, finishing requests in flight");
         shared.checks.stop();
+        shared.dns.stop();
         let grace = shared.load().config.shutdown_timeout;
         for l in running.listeners.drain(..) {
             l.stop.fire();

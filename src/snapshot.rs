@@ -5,6 +5,7 @@
 //! takes over the backend state of the previous one (see `pool`).
 
 use crate::config::{self, Config, Limits};
+use crate::dns::{Answers, Dns};
 use crate::health::Checks;
 use crate::metrics::stats::RouteStats;
 use crate::pool::Pool;
@@ -39,8 +40,9 @@ impl Snapshot {
         self.listeners.iter().find(|l| &*l.name == name)
     }
 
-    /// Compile `config`, taking over backend state from `prev` where backends stay.
-    pub fn compile(config: Config, prev: Option<&Snapshot>) -> Snapshot {
+    /// Compile `config`, taking over backend state from `prev` where backends stay; named
+    /// backends stand for the addresses `answers` holds for them.
+    pub fn compile(config: Config, prev: Option<&Snapshot>, answers: &Answers) -> Snapshot {
         let router =
             Router::compile(&config.routes).expect("validation already compiled these routes");
         let pools = config
@@ -48,7 +50,7 @@ impl Snapshot {
             .iter()
             .map(|p| {
                 let old = prev.and_then(|s| s.pools.iter().find(|o| o.name == p.name));
-                Pool::compile(p, old, config.sticky_secret.as_ref())
+                Pool::compile(p, old, config.sticky_secret.as_ref(), answers)
             })
             .collect::<Vec<Pool>>();
         let mut cookies: Vec<Box<[u8]>> = Vec::new();
@@ -106,6 +108,11 @@ pub struct Shared {
     bound: Mutex<HashMap<Arc<str>, SocketAddr>>,
     /// The active health checkers of the current snapshot's backends.
     pub checks: Checks,
+    /// Backend names' answers and refresh tasks.
+    pub dns: Dns,
+    /// Held while a snapshot is compiled and stored: a reload and a DNS refresh racing must
+    /// not store a snapshot compiled from a config the other one replaced.
+    compiling: Mutex<()>,
     pub reloads: Reloads,
     /// When the current config was loaded (started with, or last reloaded).
     loaded_at: Mutex<SystemTime>,
@@ -159,14 +166,16 @@ pub struct ListenerStats {
 }
 
 impl Shared {
-    /// Start with `snapshot`, not ready yet.
-    pub fn new(snapshot: Snapshot) -> Shared {
+    /// Start with `snapshot`, compiled with `dns`'s answers; not ready yet.
+    pub fn new(snapshot: Snapshot, dns: Dns) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             listeners: Mutex::default(),
             bound: Mutex::default(),
             checks: Checks::default(),
+            dns,
+            compiling: Mutex::default(),
             reloads: Reloads::default(),
             loaded_at: Mutex::new(SystemTime::now()),
         }
@@ -215,11 +224,28 @@ impl Shared {
     }
 
     /// Compile `config` against the current snapshot and make it current; the health
-    /// checkers follow it (so this needs a tokio runtime).
-    pub fn swap(&self, config: Config) {
-        let next = Arc::new(Snapshot::compile(config, Some(&self.snapshot.load())));
-        self.snapshot.store(next.clone());
+    /// checkers and DNS refresh tasks follow it (so this needs a tokio runtime).
+    pub fn swap(self: &Arc<Self>, config: Config) {
+        let _compiling = self.compiling.lock().expect("compile lock");
+        self.store(config);
         *self.loaded_at.lock().expect("loaded_at lock") = SystemTime::now();
+        self.dns.reconcile(self, &self.load().config);
+    }
+
+    /// Compile the current config again with the current DNS answers (a name's addresses
+    /// changed).
+    pub fn refresh(&self) {
+        let _compiling = self.compiling.lock().expect("compile lock");
+        self.store(self.load().config.clone());
+    }
+
+    fn store(&self, config: Config) {
+        let next = Arc::new(Snapshot::compile(
+            config,
+            Some(&self.snapshot.load()),
+            &self.dns.answers(),
+        ));
+        self.snapshot.store(next.clone());
         self.checks.reconcile(&next);
     }
 }

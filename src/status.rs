@@ -120,6 +120,7 @@ fn backend(b: &std::sync::Arc<Backend>) -> Value {
     }
     json!({
         "addr": &*b.label,
+        "dns_name": b.name.as_deref(),
         "health": health,
         "reason": st.active.reason().as_deref(),
         "weight": b.weight,

@@ -46,6 +46,16 @@ fn check_reports_every_health_setting_that_makes_no_sense() {
 }
 
 #[test]
+fn check_takes_backend_names_without_resolving_them() {
+    golden("dns_names", 0);
+}
+
+#[test]
+fn check_reports_bad_names_resolvers_and_refresh_intervals() {
+    golden("bad_dns", 1);
+}
+
+#[test]
 fn check_reports_an_unknown_key_where_it_is() {
     golden("bad_typo", 1);
 }

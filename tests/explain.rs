@@ -253,7 +253,7 @@ async fn explain_answers_what_the_running_proxy_does() {
             cookies: cookies.iter().map(|c| c.to_string()).collect(),
             client: "127.0.0.1".parse().unwrap(),
         };
-        let e: Explanation = explain::explain(config, &ask).unwrap();
+        let e: Explanation = explain::explain(config, &ask, &Default::default()).unwrap();
         let (status, backend) = on_the_wire(&running, method, url, &headers, &cookies).await;
         let logged = running.log.line(n).await;
         let explained_status = e.status.unwrap_or(200);
@@ -308,7 +308,7 @@ fn explain_traces_every_candidate_in_order_with_its_reason() {
         cookies: vec!["beta=no".into()],
         client: "127.0.0.1".parse().unwrap(),
     };
-    let e = explain::explain(config, &ask).unwrap();
+    let e = explain::explain(config, &ask, &Default::default()).unwrap();
     let tried: Vec<(&str, bool)> = e
         .candidates
         .iter()

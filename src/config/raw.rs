@@ -16,6 +16,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub admin: Option<Admin>,
     pub sticky_secret_env: Option<String>,
+    pub resolver: Option<String>,
     pub access_log: Option<AccessLog>,
     pub shutdown_timeout: Option<String>,
     pub workers: Option<usize>,
@@ -100,6 +101,7 @@ pub struct Pool {
     pub tls: Option<bool>,
     pub ca: Option<String>,
     pub sni: Option<String>,
+    pub dns_refresh: Option<String>,
     #[serde(default)]
     pub backends: Vec<Backend>,
 }

@@ -7,7 +7,7 @@
 use super::raw;
 use super::spans::{Pos, Spans};
 use super::{
-    AccessLogFormat, Backend, Balance, CaBundle, CheckKind, Config, ConfigError, HealthCheck,
+    AccessLogFormat, Addr, Backend, Balance, CaBundle, CheckKind, Config, ConfigError, HealthCheck,
     HostMatch, Limits, Listener, Loaded, PathMatch, Pool, Protocol, Route, RouteTo, Secret, Split,
     Sticky, Timeouts, UpstreamTls, WhenAllDown,
 };
@@ -15,7 +15,7 @@ use crate::router::path::normalize;
 use crate::tls::certs::{Certs, Which};
 use http::{HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,7 @@ pub fn validate(
         .sticky_secret_env
         .as_deref()
         .and_then(|name| c.secret(name, env));
+    let resolver = raw.resolver.as_deref().and_then(|r| c.resolver(r));
     let access_log = match raw.access_log.unwrap_or(raw::AccessLog::Json) {
         raw::AccessLog::Json => AccessLogFormat::Json,
         raw::AccessLog::Common => AccessLogFormat::Common,
@@ -86,6 +87,7 @@ pub fn validate(
                 workers: raw.workers,
                 limits,
                 sticky_secret,
+                resolver,
                 pools,
                 routes,
             },
@@ -446,7 +448,7 @@ impl Check<'_> {
                 format!("pool `{name}` has no backends: add at least one under `backends:`"),
             );
         }
-        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut seen: HashMap<Addr, usize> = HashMap::new();
         let mut backends = Vec::new();
         for (i, b) in p.backends.iter().enumerate() {
             let bpath = format!("{path}.backends.{i}");
@@ -460,10 +462,10 @@ impl Check<'_> {
                     ),
                 );
             }
-            let Some((addr, host)) = self.backend_addr(&format!("{bpath}.addr"), &b.addr) else {
+            let Some(addr) = self.backend_addr(&format!("{bpath}.addr"), &b.addr) else {
                 continue;
             };
-            if let Some(prev) = seen.insert(addr, i) {
+            if let Some(prev) = seen.insert(addr.clone(), i) {
                 self.error(
                     self.spans.value(&format!("{bpath}.addr")),
                     format!(
@@ -474,10 +476,23 @@ impl Check<'_> {
             }
             backends.push(Backend {
                 addr,
-                host,
                 weight,
                 drain: b.drain.unwrap_or(false),
             });
+        }
+        let dns_refresh = self.duration(
+            &format!("{path}.dns_refresh"),
+            p.dns_refresh.as_deref(),
+            Duration::from_secs(5),
+        );
+        if p.dns_refresh.is_some() && dns_refresh < MIN_DNS_REFRESH {
+            self.error(
+                self.spans.value(&format!("{path}.dns_refresh")),
+                format!(
+                    "dns_refresh must be at least {}",
+                    humantime::format_duration(MIN_DNS_REFRESH)
+                ),
+            );
         }
         Pool {
             name: name.into(),
@@ -498,6 +513,7 @@ impl Check<'_> {
                 raw::Protocol::H2 => Protocol::H2,
             },
             tls,
+            dns_refresh,
             backends,
         }
     }
@@ -692,34 +708,49 @@ impl Check<'_> {
         (entries.len() == t.certificates.len()).then(|| Arc::new(Certs::new(entries)))
     }
 
-    /// `host:port`, an IP literal or a name resolved now (the first address wins), with the
-    /// name when it was one.
-    fn backend_addr(&mut self, path: &str, value: &str) -> Option<(SocketAddr, Option<String>)> {
+    /// `host:port`: an IP address, or a DNS name looked up at run time (never here, so
+    /// `check` does not need the names to resolve).
+    fn backend_addr(&mut self, path: &str, value: &str) -> Option<Addr> {
         if let Ok(a) = value.parse() {
-            return Some((a, None));
+            return Some(Addr::Ip(a));
         }
-        let resolved = match value.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                value.to_socket_addrs().map(|mut a| a.next())
-            }
+        match value.rsplit_once(':') {
+            Some((host, port)) if dns_name(host) => match port.parse::<u16>() {
+                Ok(port) if port != 0 => Some(Addr::Name {
+                    host: host.trim_end_matches('.').to_ascii_lowercase().into(),
+                    port,
+                }),
+                _ => {
+                    self.error(
+                        self.spans.value(path),
+                        format!("`{port}` in `{value}` is not a port (1 to 65535)"),
+                    );
+                    None
+                }
+            },
             _ => {
                 self.error(
                     self.spans.value(path),
                     format!("`{value}` is not host:port, like 127.0.0.1:9001 or app.internal:80"),
                 );
-                return None;
-            }
-        };
-        match resolved {
-            Ok(Some(a)) => {
-                let host = value.rsplit_once(':').map(|(h, _)| h.to_ascii_lowercase());
-                Some((a, host))
-            }
-            Ok(None) | Err(_) => {
-                self.error(self.spans.value(path), format!("cannot resolve `{value}`"));
                 None
             }
         }
+    }
+
+    /// `resolver:`: a DNS server's IP, with port 53 unless one is given.
+    fn resolver(&mut self, value: &str) -> Option<SocketAddr> {
+        if let Ok(a) = value.parse() {
+            return Some(a);
+        }
+        if let Ok(ip) = value.parse::<std::net::IpAddr>() {
+            return Some(SocketAddr::new(ip, 53));
+        }
+        self.error(
+            self.spans.value("resolver"),
+            format!("`{value}` is not a DNS server address, like 127.0.0.1:53 or 10.96.0.10"),
+        );
+        None
     }
 
     fn routes(&mut self, raw: &[raw::Route], pools: &[Pool]) -> Vec<Route> {
@@ -1094,6 +1125,27 @@ impl Check<'_> {
 }
 
 /// RFC 6265 §4.1.1 `cookie-octet`: what a cookie value may hold unquoted.
+/// The shortest `dns_refresh`: a lookup more often than this is a DNS server's load, not
+/// freshness.
+const MIN_DNS_REFRESH: Duration = Duration::from_millis(100);
+
+/// A host name by RFC 1123: dot-separated labels of letters, digits, `-` and `_` (seen in
+/// service names such as Consul's), none empty, longer than 63 or edged by `-`; an
+/// optional final dot.
+fn dns_name(host: &str) -> bool {
+    let h = host.strip_suffix('.').unwrap_or(host);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 fn cookie_octet(b: u8) -> bool {
     matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }

@@ -1,6 +1,7 @@
 //! Test harness: real backends and the real proxy on 127.0.0.1 with ephemeral ports.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod matrix;
 pub mod tls;
 
@@ -141,6 +142,30 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
+        Backend::serve_listener(listener, handler, tls)
+    }
+
+    /// The shipped echo backend named `name` on `addr` (DNS tests bind several loopback
+    /// IPs to one port).
+    pub async fn echo_at(addr: SocketAddr, name: &str) -> std::io::Result<Backend> {
+        let name: Arc<str> = name.into();
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Backend::serve_listener(
+            listener,
+            Arc::new(move |req| {
+                let name = name.clone();
+                Box::pin(async move { echo_response(req, &name).await })
+            }),
+            None,
+        ))
+    }
+
+    /// Serve `handler` on `listener` (see [`Backend::serve_over`]).
+    pub fn serve_listener(
+        listener: TcpListener,
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Backend {
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
         let hits = Arc::new(AtomicUsize::new(0));
