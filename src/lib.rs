@@ -22,7 +22,7 @@
 //! [`net`] (sockets). Above it: [`snapshot`] (the compiled config every request reads, one
 //! `ArcSwap`), [`config`] (`routes.yaml` -> raw serde -> validated [`config::Config`]),
 //! [`server`] (listeners, limits, timeouts, shutdown), [`admin`], [`echo`] (the stand-in
-//! backend), [`explain`], [`cli`].
+//! backend), [`explain`], [`probe`] (`switchyard healthcheck`), [`cli`].
 //!
 //! Tests start the real thing in-process: [`server::Server::bind`] on `127.0.0.1:0`, then
 //! [`server::Server::run`] with a shutdown future.
@@ -45,6 +45,7 @@ pub mod health;
 pub mod metrics;
 pub mod net;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod record;
 pub mod reload;
