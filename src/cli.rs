@@ -1,4 +1,5 @@
-//! The command line: `run` (the default), `check`, `demo`, `echo` and `explain`.
+//! The command line: `run` (the default), `check`, `demo`, `echo`, `explain` and
+//! `healthcheck`.
 //!
 //! Exit codes: 0 ok, 1 bad config or runtime failure, 2 usage (clap's own).
 
@@ -49,6 +50,21 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+    /// Probe a URL for a container HEALTHCHECK (no curl needed): GET it over plain
+    /// HTTP/1.1 and exit 0 on a 2xx answer within the timeout, or 1 with the reason on
+    /// stderr (refused, timed out, the status). Only http:// URLs whose host is an IP
+    /// address or localhost.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// The URL to GET.
+    #[arg(value_name = "URL", default_value = crate::probe::DEFAULT_URL, value_parser = crate::probe::parse_url)]
+    url: crate::probe::Target,
+    /// How long to wait for the answer, connect included, like 500ms or 2s.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -107,6 +123,7 @@ pub fn main() -> ExitCode {
         Some(Command::Check(a)) => return check(&a.config),
         Some(Command::Explain(a)) => return explain(&a),
         Some(Command::Echo { listen, name }) => echo(listen, name),
+        Some(Command::Healthcheck(a)) => return healthcheck(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -190,6 +207,20 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         Err(e) => {
             eprintln!("switchyard explain: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn healthcheck(a: &HealthcheckArgs) -> ExitCode {
+    let url = format!("http://{}{}", a.url.authority, a.url.path);
+    match crate::probe::run(&a.url, a.timeout) {
+        Ok(status) => {
+            let _ = writeln!(std::io::stdout().lock(), "{url}: {status}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("switchyard healthcheck: {url}: {why}");
+            ExitCode::FAILURE
         }
     }
 }

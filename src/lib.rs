@@ -23,7 +23,7 @@
 //! `ArcSwap`), [`config`] (`routes.yaml` -> raw serde -> validated [`config::Config`]),
 //! [`dns`] (backend names looked up again every `dns_refresh`),
 //! [`server`] (listeners, limits, timeouts, shutdown), [`admin`], [`echo`] (the stand-in
-//! backend), [`explain`], [`cli`].
+//! backend), [`explain`], [`probe`] (`switchyard healthcheck`), [`cli`].
 //!
 //! Tests start the real thing in-process: [`server::Server::bind`] on `127.0.0.1:0`, then
 //! [`server::Server::run`] with a shutdown future.
@@ -47,6 +47,7 @@ pub mod health;
 pub mod metrics;
 pub mod net;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod record;
 pub mod reload;

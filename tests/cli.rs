@@ -125,7 +125,7 @@ fn usage_errors_exit_2_and_help_exits_0() {
     let help = switchyard(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
-    for cmd in ["run", "check", "demo", "echo"] {
+    for cmd in ["run", "check", "demo", "echo", "explain", "healthcheck"] {
         assert!(text.contains(cmd), "{cmd} missing from --help");
     }
 }
@@ -368,4 +368,100 @@ impl Drop for KillOnDrop {
                 .status();
         }
     }
+}
+
+/// `switchyard healthcheck ARGS...`, run off the test's runtime (which keeps serving the
+/// proxy and backends it probes): exit code and stderr.
+async fn healthcheck(args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        switchyard(&[&["healthcheck"], &args[..]].concat())
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn healthcheck_passes_on_a_running_proxys_admin_healthz() {
+    let backend = Backend::echo("b").await;
+    let proxy = Proxy::start(
+        "listeners: [{name: web, bind: \"{listen}\"}]\n\
+         admin: {bind: \"{admin}\"}\n\
+         access_log: off\n\
+         pools: {p: {backends: [{addr: \"{b}\"}]}}\n\
+         routes: [{name: all, pool: p}]\n",
+        &[("b", backend.addr)],
+    )
+    .await;
+    let admin = proxy.admin.expect("an admin listener");
+    let (code, err) = healthcheck(&[&format!("http://{admin}/healthz")]).await;
+    assert_eq!(code, Some(0), "{err}");
+    // localhost names 127.0.0.1; /ready is a 2xx once every listener is bound.
+    let (code, err) = healthcheck(&[&format!("http://localhost:{}/ready", admin.port())]).await;
+    assert_eq!(code, Some(0), "{err}");
+    // Not a 2xx: the admin's 404 for a path it does not serve.
+    let (code, err) = healthcheck(&[&format!("http://{admin}/nope")]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("status 404"), "{err}");
+}
+
+#[tokio::test]
+async fn healthcheck_fails_on_a_closed_port() {
+    let closed = refusing_addr().await;
+    let (code, err) = healthcheck(&[&format!("http://{closed}/healthz")]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[tokio::test]
+async fn healthcheck_fails_on_a_503_and_on_silence() {
+    // A backend whose /healthz answers 503, as a failing service's does.
+    let (backend, health) = Backend::checked("sick", 200).await;
+    health.store(503, std::sync::atomic::Ordering::SeqCst);
+    let (code, err) = healthcheck(&[&format!("http://{}/healthz", backend.addr)]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("status 503 Service Unavailable"), "{err}");
+    health.store(200, std::sync::atomic::Ordering::SeqCst);
+    let (code, err) = healthcheck(&[&format!("http://{}/healthz", backend.addr)]).await;
+    assert_eq!(code, Some(0), "{err}");
+    // A port that accepts and never answers: the timeout decides.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let start = std::time::Instant::now();
+    let (code, err) = healthcheck(&["--timeout", "300ms", &format!("http://{addr}/healthz")]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no answer within 300ms"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(silent);
+}
+
+#[test]
+fn healthcheck_refuses_urls_it_cannot_probe_as_usage_errors() {
+    for bad in [
+        "https://127.0.0.1:9901/healthz",
+        "http://example.com/healthz",
+    ] {
+        let out = switchyard(&["healthcheck", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    assert_eq!(
+        switchyard(&["healthcheck", "--timeout", "soon"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let help = switchyard(&["healthcheck", "--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("http://127.0.0.1:9901/healthz"), "{text}");
+    assert!(text.contains("--timeout"), "{text}");
 }
