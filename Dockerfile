@@ -46,7 +46,7 @@ RUN cargo build --release --locked \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/switchyard /usr/local/bin/switchyard
 # A default config for a lone container (0.0.0.0, admin on 9901); mount your own over
-# /etc/switchyard (the folder: hot reload watches it, see docs/deploy-compose.md).
+# /etc/switchyard (the folder: hot reload watches it, see docs/deploy.md).
 COPY deploy/routes.container.yaml /etc/switchyard/routes.yaml
 # The distroless `nonroot` user, by number so that runAsNonRoot checks can see it.
 USER 65532:65532

@@ -393,7 +393,7 @@ fn the_proxy_deployment_agrees_with_its_config() {
     );
     let create = format!("kubectl create secret generic {name}");
     let literal = format!("--from-literal={key}=");
-    for doc in ["docs/deploy-k8s.md", "deploy/k8s/deployment.yaml"] {
+    for doc in ["docs/deploy.md", "deploy/k8s/deployment.yaml"] {
         let text = std::fs::read_to_string(root().join(doc)).unwrap();
         assert!(
             text.contains(&create) && text.contains(&literal),
