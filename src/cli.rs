@@ -188,7 +188,8 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         .enable_all()
         .build()
     {
-        rt.block_on(dns.prepare(&config));
+        let prepared = rt.block_on(dns.prepare(None, &config));
+        dns.adopt(prepared);
     }
     match crate::explain::explain(config, &ask, &dns.answers()) {
         Ok(e) => {

@@ -268,7 +268,7 @@ pub enum Addr {
 }
 
 impl Addr {
-    /// The DNS name, if it is one (what TLS sends and verifies by default).
+    /// The DNS name as written, if it is one.
     pub fn host(&self) -> Option<&str> {
         match self {
             Addr::Ip(_) => None,

@@ -9,7 +9,11 @@
 //! new one starts fresh, and one that vanished takes no new request while those already on
 //! it finish on the snapshot they hold. A failed lookup (an error, a timeout, or an answer
 //! with no address) keeps the last good set, is logged and counted: a DNS outage must not
-//! empty a pool of backends that are still serving.
+//! empty a pool of backends that are still serving. A and AAAA are asked apart, so one
+//! failing keeps the whole last good set too, not the half that answered.
+//!
+//! A reload's new names are looked up before it is taken ([`Dns::prepare`]), and their
+//! answers are adopted only with it: a reload that fails leaves no trace here.
 //!
 //! The resolver's own cache is off: the refresh interval, not the record's TTL, says when
 //! an answer is stale (Envoy's `dns_refresh_rate`, nginx's `resolver valid=`).
@@ -17,8 +21,13 @@
 use crate::config::{Addr, Config};
 use crate::snapshot::Shared;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RData;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,18 +41,24 @@ pub type Answers = HashMap<Arc<str>, Arc<[IpAddr]>>;
 /// How long one lookup (both record types, every retry) may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The longest wait before asking again for a name that has no good answer yet.
+const RETRY_UNRESOLVED: Duration = Duration::from_secs(1);
+
 /// The resolver, the answers and the refresh tasks of one running proxy.
 #[derive(Default)]
 pub struct Dns {
-    /// Built for the config's `resolver:` (`None` inside: the system's).
+    /// Built for the current config's `resolver:` (`None` inside: the system's).
     resolver: Mutex<Option<(Option<SocketAddr>, TokioResolver)>>,
     answers: Mutex<Answers>,
     tasks: Mutex<HashMap<Arc<str>, Task>>,
+    /// Tasks started so far: each one's id, so a task a reload replaced cannot write.
+    started: AtomicU64,
     /// Lookup outcomes by name, kept while the name is in the config.
     stats: Mutex<BTreeMap<Arc<str>, Arc<NameStats>>>,
 }
 
 struct Task {
+    id: u64,
     every: Duration,
     handle: tokio::task::AbortHandle,
 }
@@ -57,8 +72,15 @@ pub struct NameStats {
     pub changed: AtomicU64,
 }
 
-/// Every name `config`'s backends use, with the shortest `dns_refresh` of the pools that
-/// use it.
+/// What one lookup found: the addresses, or why there are none.
+type Found = Result<Arc<[IpAddr]>, String>;
+
+/// Lookups made for a config not taken yet, adopted with it ([`Dns::adopt`]).
+#[derive(Default)]
+pub struct Prepared(Vec<(Arc<str>, Found)>);
+
+/// Every name `config`'s backends use (as written: a final dot makes it absolute), with
+/// the shortest `dns_refresh` of the pools that use it.
 pub fn names(config: &Config) -> BTreeMap<Arc<str>, Duration> {
     let mut out: BTreeMap<Arc<str>, Duration> = BTreeMap::new();
     for p in &config.pools {
@@ -90,16 +112,22 @@ impl Dns {
             .collect()
     }
 
-    /// Look up, once and concurrently, every name of `config` that has no answer yet, so a
-    /// proxy starting (or a reload adding a name) serves with backends from its first
-    /// request. Bounded by the lookup timeout; a name that fails here is retried by its task.
-    pub async fn prepare(&self, config: &Config) {
-        let resolver = self.resolver_for(config.resolver);
+    /// Look up, once and concurrently, the names `next` needs before it can serve: those
+    /// with no answer yet, or every one when `next` asks another DNS server than `current`.
+    /// Nothing is stored: the lookups are [adopted](Dns::adopt) with the config, so a
+    /// reload that fails leaves no trace. Bounded by the lookup timeout; a name that fails
+    /// here is retried by its task.
+    pub async fn prepare(&self, current: Option<&Config>, next: &Config) -> Prepared {
+        let same_server = current.map(|c| c.resolver) == Some(next.resolver);
+        let resolver = match self.resolver.lock().expect("dns resolver lock").as_ref() {
+            Some((server, r)) if same_server && *server == next.resolver => r.clone(),
+            _ => build(next.resolver),
+        };
         let missing: Vec<Arc<str>> = {
             let answers = self.answers.lock().expect("dns answers lock");
-            names(config)
+            names(next)
                 .into_keys()
-                .filter(|n| !answers.contains_key(n))
+                .filter(|n| !same_server || !answers.contains_key(n))
                 .collect()
         };
         let mut lookups = tokio::task::JoinSet::new();
@@ -110,17 +138,35 @@ impl Dns {
                 (name, r)
             });
         }
+        let mut out = Prepared::default();
         while let Some(done) = lookups.join_next().await {
-            if let Ok((name, result)) = done {
-                self.record(&name, result);
+            if let Ok(one) = done {
+                out.0.push(one);
             }
+        }
+        out
+    }
+
+    /// Take the lookups [`prepare`](Dns::prepare) made, now that their config is taken.
+    pub fn adopt(&self, prepared: Prepared) {
+        for (name, result) in prepared.0 {
+            self.record(&name, result);
         }
     }
 
-    /// Make the refresh tasks those of `config`: one per name, restarted when its interval
-    /// changed; names no longer used lose their task, answer and counts. Needs a runtime.
+    /// Make the refresh tasks and the resolver those of `config`: one task per name,
+    /// restarted when its interval changed; names no longer used lose their task, answer
+    /// and counts. Needs a runtime.
     pub fn reconcile(&self, shared: &Arc<Shared>, config: &Config) {
         let wanted = names(config);
+        {
+            let mut slot = self.resolver.lock().expect("dns resolver lock");
+            if slot.as_ref().map(|(s, _)| *s) != Some(config.resolver) {
+                *slot = Some((config.resolver, build(config.resolver)));
+            }
+        }
+        // The tasks lock is held while answers and counts are trimmed, so a task cannot
+        // write for a name between its removal here and its abort taking effect.
         let mut tasks = self.tasks.lock().expect("dns tasks lock");
         tasks.retain(|name, t| {
             let keep = wanted.get(name) == Some(&t.every);
@@ -133,11 +179,13 @@ impl Dns {
             if tasks.contains_key(name) {
                 continue;
             }
-            let handle =
-                tokio::spawn(refresh(Arc::downgrade(shared), name.clone(), *every)).abort_handle();
+            let id = self.started.fetch_add(1, Relaxed);
+            let task = refresh(Arc::downgrade(shared), name.clone(), *every, id);
+            let handle = tokio::spawn(task).abort_handle();
             tasks.insert(
                 name.clone(),
                 Task {
+                    id,
                     every: *every,
                     handle,
                 },
@@ -151,9 +199,6 @@ impl Dns {
             .lock()
             .expect("dns stats lock")
             .retain(|n, _| wanted.contains_key(n));
-        drop(tasks);
-        // The server to ask may have changed too: the next lookups use the new one.
-        self.resolver_for(config.resolver);
     }
 
     /// Stop every refresh task.
@@ -168,21 +213,32 @@ impl Dns {
         self.tasks.lock().expect("dns tasks lock").len()
     }
 
-    /// The resolver for `server`, built on first use and again when `server` changes.
-    fn resolver_for(&self, server: Option<SocketAddr>) -> TokioResolver {
-        let mut slot = self.resolver.lock().expect("dns resolver lock");
-        match &*slot {
-            Some((s, r)) if *s == server => r.clone(),
-            _ => {
-                let r = build(server);
-                *slot = Some((server, r.clone()));
-                r
-            }
+    /// The resolver of the current config.
+    fn resolver(&self) -> Option<TokioResolver> {
+        let slot = self.resolver.lock().expect("dns resolver lock");
+        slot.as_ref().map(|(_, r)| r.clone())
+    }
+
+    /// Whether `name` has a good answer.
+    fn resolved(&self, name: &str) -> bool {
+        self.answers
+            .lock()
+            .expect("dns answers lock")
+            .contains_key(name)
+    }
+
+    /// Keep what the refresh task `id` looked up for `name`, if it is still the name's
+    /// task; true when the answer changed.
+    fn record_from(&self, id: u64, name: &Arc<str>, result: Found) -> bool {
+        let tasks = self.tasks.lock().expect("dns tasks lock");
+        if tasks.get(name).map(|t| t.id) != Some(id) {
+            return false;
         }
+        self.record(name, result)
     }
 
     /// Keep the outcome of a lookup of `name`; true when its answer changed.
-    fn record(&self, name: &Arc<str>, result: Result<Arc<[IpAddr]>, String>) -> bool {
+    fn record(&self, name: &Arc<str>, result: Found) -> bool {
         let stats = self
             .stats
             .lock()
@@ -190,10 +246,10 @@ impl Dns {
             .entry(name.clone())
             .or_default()
             .clone();
+        let mut answers = self.answers.lock().expect("dns answers lock");
         match result {
             Ok(addrs) => {
                 stats.ok.fetch_add(1, Relaxed);
-                let mut answers = self.answers.lock().expect("dns answers lock");
                 let before = answers.insert(name.clone(), addrs.clone());
                 let changed = before.as_deref() != Some(&*addrs);
                 if changed {
@@ -205,83 +261,111 @@ impl Dns {
             }
             Err(e) => {
                 stats.failed.fetch_add(1, Relaxed);
-                let kept = self
-                    .answers
-                    .lock()
-                    .expect("dns answers lock")
-                    .get(name)
-                    .map_or(0, |a| a.len());
-                tracing::warn!(name = %name, error = %e, kept, "backend name lookup failed: keeping the last good addresses");
+                let kept = answers.get(name).map_or(0, |a| a.len());
+                tracing::warn!(name = %name, error = %e, kept, "backend name lookup failed; the addresses it had stay");
                 false
             }
         }
     }
 }
 
-/// A resolver asking `server`, or the system's configuration (`/etc/resolv.conf`, with its
-/// search domains, and `/etc/hosts`) when `None`.
+/// A resolver asking `server`, or the system's configuration (`/etc/resolv.conf` and
+/// `/etc/hosts`, read now) when `None`. An explicit server still gets the system's search
+/// domains and `ndots`, so short names mean what they mean to the host's other programs,
+/// but not `/etc/hosts`: it answers for itself.
 fn build(server: Option<SocketAddr>) -> TokioResolver {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = match server {
-        Some(s) => {
-            let mut conn = ConnectionConfig::udp();
-            conn.port = s.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = s.port();
-            let ns = NameServerConfig::new(s.ip(), true, vec![conn, tcp]);
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), provider)
-        }
-        None => TokioResolver::builder(provider).unwrap_or_else(|e| {
+    let system = hickory_resolver::system_conf::read_system_conf();
+    let (config, mut opts) = match (server, system) {
+        (None, Ok(both)) => both,
+        (None, Err(e)) => {
             tracing::warn!(error = %e, "cannot read the system's DNS configuration: asking 127.0.0.1:53");
             let ns = NameServerConfig::udp_and_tcp(IpAddr::from([127, 0, 0, 1]));
-            TokioResolver::builder_with_config(
+            (
                 ResolverConfig::from_name_servers(vec![ns]),
-                TokioRuntimeProvider::default(),
+                Default::default(),
             )
-        }),
+        }
+        (Some(s), system) => {
+            let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
+            udp.port = s.port();
+            tcp.port = s.port();
+            let ns = NameServerConfig::new(s.ip(), true, vec![udp, tcp]);
+            let (domain, search, mut opts) = match system {
+                Ok((c, o)) => (c.domain().cloned(), c.search().to_vec(), o),
+                Err(_) => (None, Vec::new(), Default::default()),
+            };
+            opts.use_hosts_file = ResolveHosts::Never;
+            (ResolverConfig::from_parts(domain, search, vec![ns]), opts)
+        }
     };
-    let opts = builder.options_mut();
     opts.cache_size = 0;
-    opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    // Two tries of 1 s fit in the lookup timeout, whatever resolv.conf says: a refresh
+    // that hangs only delays the next.
     opts.timeout = Duration::from_secs(1);
     opts.attempts = 2;
-    builder
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(opts)
         .build()
         .expect("a resolver without TLS or DNSSEC options builds")
 }
 
-/// The addresses `name` resolves to now, sorted and without repeats; no address is an
-/// error.
-async fn lookup(resolver: &TokioResolver, name: &str) -> Result<Arc<[IpAddr]>, String> {
-    let found = tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(name))
+/// The addresses `name` resolves to now, sorted and without repeats. A and AAAA are asked
+/// apart: a type the name has no record of is empty, but any other failure of either
+/// fails the lookup (so the last good set stays whole); no address at all is an error.
+async fn lookup(resolver: &TokioResolver, name: &str) -> Found {
+    let both = async { tokio::join!(resolver.ipv4_lookup(name), resolver.ipv6_lookup(name)) };
+    let (v4, v6) = tokio::time::timeout(LOOKUP_TIMEOUT, both)
         .await
         .map_err(|_| {
             format!(
                 "timed out after {}",
                 humantime::format_duration(LOOKUP_TIMEOUT)
             )
-        })?
-        .map_err(|e| e.to_string())?;
-    let mut addrs: Vec<IpAddr> = found.iter().collect();
+        })?;
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for family in [v4, v6] {
+        match family {
+            Ok(found) => addrs.extend(found.answers().iter().filter_map(|r| match r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })),
+            Err(e) if no_such_record(&e) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
     addrs.sort_unstable();
     addrs.dedup();
     if addrs.is_empty() {
-        return Err("the answer has no A or AAAA record".into());
+        return Err("no A or AAAA record".into());
     }
     Ok(addrs.into())
 }
 
-/// Look `name` up every `every` (±10 %) until aborted, and rebuild the snapshot when the
-/// answer changes.
-async fn refresh(shared: Weak<Shared>, name: Arc<str>, every: Duration) {
+/// The server said the name has no record of the type (NODATA), or does not exist.
+fn no_such_record(e: &NetError) -> bool {
+    matches!(e, NetError::Dns(DnsError::NoRecordsFound(n))
+        if matches!(n.response_code, ResponseCode::NoError | ResponseCode::NXDomain))
+}
+
+/// Look `name` up every `every` (±10 %), sooner while it has no answer, until aborted;
+/// rebuild the snapshot when the answer changes.
+async fn refresh(shared: Weak<Shared>, name: Arc<str>, every: Duration, id: u64) {
     loop {
-        tokio::time::sleep(every.mul_f64(0.9 + 0.2 * fastrand::f64())).await;
-        let Some(s) = shared.upgrade() else { return };
-        let resolver = s.dns.resolver_for(s.load().config.resolver);
-        drop(s);
+        let unresolved = shared.upgrade().is_some_and(|s| !s.dns.resolved(&name));
+        let wait = if unresolved {
+            every.min(RETRY_UNRESOLVED)
+        } else {
+            every
+        };
+        tokio::time::sleep(wait.mul_f64(0.9 + 0.2 * fastrand::f64())).await;
+        let Some(resolver) = shared.upgrade().and_then(|s| s.dns.resolver()) else {
+            return;
+        };
         let result = lookup(&resolver, &name).await;
         let Some(s) = shared.upgrade() else { return };
-        if s.dns.record(&name, result) {
+        if s.dns.record_from(id, &name, result) {
             s.refresh();
         }
     }

@@ -104,6 +104,12 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::COUNTER,
     ),
     (
+        "switchyard_dns_answer_changes_total",
+        "Lookups of a backend name whose addresses differed from the last good answer (each rebuilds its pools)",
+        &["name"],
+        MetricType::COUNTER,
+    ),
+    (
         "switchyard_dns_addresses",
         "Addresses a backend name resolves to now (the last good answer)",
         &["name"],
@@ -244,7 +250,7 @@ impl Collector for State {
                 reloads.push(counter(&[("result", result)], n as f64));
             }
         }
-        let (mut lookups, mut addresses) = (vec![], vec![]);
+        let (mut lookups, mut changes, mut addresses) = (vec![], vec![], vec![]);
         for (name, st, n) in shared.dns.stats() {
             for (result, c) in [
                 ("success", st.ok.load(Relaxed)),
@@ -253,6 +259,10 @@ impl Collector for State {
                 if c > 0 {
                     lookups.push(counter(&[("name", &name), ("result", result)], c as f64));
                 }
+            }
+            match st.changed.load(Relaxed) {
+                0 => {}
+                c => changes.push(counter(&[("name", &name)], c as f64)),
             }
             addresses.push(gauge(&[("name", &name)], n as f64));
         }
@@ -271,6 +281,7 @@ impl Collector for State {
             age,
             reloads,
             lookups,
+            changes,
             addresses,
             tls,
             dropped,

@@ -47,7 +47,7 @@ pub struct Pool {
 /// One backend of a pool: an address to connect to.
 pub struct Backend {
     pub addr: SocketAddr,
-    /// The `addr` of the config it came from when that was a DNS name (`app:80`).
+    /// The DNS name it is an address of, if it came from one (`app.internal`).
     pub name: Option<Arc<str>>,
     /// `ip:port`, as used in logs and metric labels.
     pub label: Arc<str>,
@@ -135,12 +135,12 @@ impl Backend {
         stats: Option<Arc<BackendStats>>,
     ) -> Backend {
         let server_name = sni
-            .or(cfg.addr.host())
+            .or(cfg.addr.host().map(|h| h.trim_end_matches('.')))
             .and_then(|n| ServerName::try_from(n.to_string()).ok())
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         Backend {
             addr,
-            name: cfg.addr.host().map(|_| cfg.addr.to_string().into()),
+            name: cfg.addr.host().map(Arc::from),
             label: addr.to_string().into(),
             server_name,
             weight: cfg.weight,
@@ -235,12 +235,19 @@ impl Pool {
             .collect();
         let backends_len = backends.len();
         let h2 = cfg.protocol == Protocol::H2;
-        let connector = Connector {
-            h2,
-            tls: cfg
+        // The TLS client config carries the session cache: kept while the pool's protocol
+        // and TLS settings are (a reload, or a DNS answer that changed), so reconnects
+        // resume their sessions instead of full handshakes.
+        let tls = match prev {
+            Some(p) => p.connector.tls.clone(),
+            None => cfg
                 .tls
                 .as_ref()
                 .map(|t| crate::tls::client_config(t.ca.as_ref().map(|c| c.certs.as_slice()), h2)),
+        };
+        let connector = Connector {
+            h2,
+            tls,
             timeout: cfg.timeouts.connect,
         };
         let sticky = cfg

@@ -227,16 +227,16 @@ impl Server {
         };
         let listener_cfgs = config.listeners.clone();
         let max_connections = config.limits.max_connections;
-        // Backend names resolved before the first request, so the pools they feed are not
-        // empty then (a name that fails now is retried every `dns_refresh`).
-        let dns = crate::dns::Dns::default();
-        dns.prepare(&config).await;
-        let first = Snapshot::compile(config, None, &dns.answers());
-        let shared = Arc::new(Shared::new(first, dns));
+        let first = Snapshot::compile(config, None, &Default::default());
+        let shared = Arc::new(Shared::new(first, crate::dns::Dns::default()));
         let admin = match admin {
             Some(l) => Some(AdminTask::start(l, &shared, &log)?),
             None => None,
         };
+        // Backend names resolved before the first request, so the pools they feed are not
+        // empty then (a name that fails now is retried soon by its task).
+        let prepared = shared.dns.prepare(None, &shared.load().config).await;
+        shared.resolved(prepared);
         let mut listeners = Vec::new();
         for l in &listener_cfgs {
             listeners.push(Bound::new(l, workers, max_connections)?);
@@ -350,9 +350,14 @@ impl Server {
                 () = &mut shutdown => break,
                 Some(cmd) = commands.recv() => match cmd {
                     Command::Reload(config, reply) => {
-                        // New backend names first: a reload that adds one serves it at once.
-                        shared.dns.prepare(&config).await;
-                        let _ = reply.send(running.reload(*config));
+                        // New backend names first: a reload that adds one serves it at
+                        // once. Shutdown does not wait for the lookups.
+                        let current = shared.load();
+                        let prepared = tokio::select! {
+                            p = shared.dns.prepare(Some(&current.config), &config) => p,
+                            () = &mut shutdown => break,
+                        };
+                        let _ = reply.send(running.reload(*config, prepared));
                     }
                 },
             }
@@ -476,7 +481,7 @@ impl Running {
 
     /// Take `config`: bind what it adds (or re-binds) first, so a failure changes nothing;
     /// then swap the snapshot, start the new listeners and drain the removed ones.
-    fn reload(&mut self, config: Config) -> Result<(), String> {
+    fn reload(&mut self, config: Config, prepared: crate::dns::Prepared) -> Result<(), String> {
         // Each running listener: kept (same name and bind), renamed (its bind now has
         // another name, which no running listener keeps), or removed.
         let same = |r: &ListenerRun, l: &config::Listener| r.name() == l.name && r.bind == l.bind;
@@ -525,7 +530,7 @@ impl Running {
         }
         self.listeners = kept;
         self.proxy.log().set_format(config.access_log);
-        self.shared.swap(config);
+        self.shared.swap_with(config, prepared);
         for l in &self.listeners {
             l.limit.resize(max);
         }

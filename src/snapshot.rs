@@ -226,8 +226,14 @@ impl Shared {
     /// Compile `config` against the current snapshot and make it current; the health
     /// checkers and DNS refresh tasks follow it (so this needs a tokio runtime).
     pub fn swap(self: &Arc<Self>, config: Config) {
+        self.swap_with(config, crate::dns::Prepared::default());
+    }
+
+    /// [`swap`](Shared::swap), adopting the lookups `prepared` made for `config`.
+    pub fn swap_with(self: &Arc<Self>, config: Config, prepared: crate::dns::Prepared) {
         let _compiling = self.compiling.lock().expect("compile lock");
-        self.store(config);
+        self.dns.adopt(prepared);
+        self.store(config, true);
         *self.loaded_at.lock().expect("loaded_at lock") = SystemTime::now();
         self.dns.reconcile(self, &self.load().config);
     }
@@ -236,16 +242,26 @@ impl Shared {
     /// changed).
     pub fn refresh(&self) {
         let _compiling = self.compiling.lock().expect("compile lock");
-        self.store(self.load().config.clone());
+        self.store(self.load().config.clone(), true);
     }
 
-    fn store(&self, config: Config) {
+    /// Adopt `prepared` and compile the current config with it, before the proxy runs
+    /// (no health checker starts yet).
+    pub fn resolved(&self, prepared: crate::dns::Prepared) {
+        let _compiling = self.compiling.lock().expect("compile lock");
+        self.dns.adopt(prepared);
+        self.store(self.load().config.clone(), false);
+    }
+
+    fn store(&self, config: Config, checks: bool) {
         let next = Arc::new(Snapshot::compile(
             config,
             Some(&self.snapshot.load()),
             &self.dns.answers(),
         ));
         self.snapshot.store(next.clone());
-        self.checks.reconcile(&next);
+        if checks {
+            self.checks.reconcile(&next);
+        }
     }
 }

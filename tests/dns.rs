@@ -15,6 +15,11 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Whether this host can bind ::1 (IPv6 may be off in a container).
+async fn ipv6() -> bool {
+    tokio::net::TcpListener::bind("[::1]:0").await.is_ok()
+}
+
 /// Echo backends named `names[i]` on `ips[i]`, all on one port.
 async fn on_one_port(backends: &[(&str, &str)]) -> (u16, Vec<Backend>) {
     for _ in 0..50 {
@@ -106,14 +111,16 @@ fn value(text: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn a_name_is_one_backend_per_address_and_follows_its_answer() {
     let dns = DnsServer::start().await;
-    let (port, _b) = on_one_port(&[("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "::1")]).await;
+    // The AAAA part needs IPv6 on loopback; without it a third IPv4 address stands in.
+    let third = if ipv6().await { "::1" } else { "127.0.0.4" };
+    let (port, _b) = on_one_port(&[("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", third)]).await;
     dns.addrs("svc.test", &[ip("127.0.0.2")]);
     let p = Proxy::start(&config(&[format!("svc.test:{port}")]), &[("dns", dns.addr)]).await;
     // Looked up before the first request was served.
     assert_eq!(answered(&p, 4).await, (set(&["a"]), [200].into()));
 
     // A and AAAA: three addresses, three backends, each with fresh state.
-    dns.addrs("svc.test", &[ip("127.0.0.2"), ip("127.0.0.3"), ip("::1")]);
+    dns.addrs("svc.test", &[ip("127.0.0.2"), ip("127.0.0.3"), ip(third)]);
     eventually(WAIT, || async {
         answered(&p, 12).await.0 == set(&["a", "b", "c"])
     })
@@ -122,7 +129,7 @@ async fn a_name_is_one_backend_per_address_and_follows_its_answer() {
     for b in [
         format!("127.0.0.2:{port}"),
         format!("127.0.0.3:{port}"),
-        format!("[::1]:{port}"),
+        SocketAddr::new(ip(third), port).to_string(),
     ] {
         let series = format!("switchyard_backend_up{{pool=\"svc\",backend=\"{b}\"}}");
         assert_eq!(value(&text, &series), 1.0, "{series} in\n{text}");
@@ -137,7 +144,7 @@ async fn a_name_is_one_backend_per_address_and_follows_its_answer() {
     let backends = status["pools"][0]["backends"].as_array().unwrap().clone();
     assert_eq!(backends.len(), 3);
     for b in &backends {
-        assert_eq!(b["dns_name"], format!("svc.test:{port}"), "{b}");
+        assert_eq!(b["dns_name"], "svc.test", "{b}");
     }
 
     // Gone from the answer: no more requests.
@@ -163,10 +170,16 @@ async fn a_failed_lookup_keeps_the_last_good_addresses() {
     dns.addrs("svc.test", &[ip("127.0.0.2")]);
     let p = Proxy::start(&config(&[format!("svc.test:{port}")]), &[("dns", dns.addr)]).await;
     let failures = "switchyard_dns_lookups_total{name=\"svc.test\",result=\"failure\"}";
-    // SERVFAIL, then NXDOMAIN, then an answer with no address: each is a failed lookup.
-    for (i, answer) in [Some(Answer::Fail), None, Some(Answer::Addrs(vec![]))]
-        .into_iter()
-        .enumerate()
+    // SERVFAIL, then NXDOMAIN, then an answer with no address, then SERVFAIL to AAAA
+    // only (A still answered): each is a failed lookup.
+    for (i, answer) in [
+        Some(Answer::Fail),
+        None,
+        Some(Answer::Addrs(vec![])),
+        Some(Answer::FailV6(vec![ip("127.0.0.3")])),
+    ]
+    .into_iter()
+    .enumerate()
     {
         match answer {
             Some(a) => dns.set("svc.test", a),
@@ -272,14 +285,67 @@ async fn a_reload_that_adds_a_name_serves_it_from_the_first_request() {
         .await
         .unwrap();
     assert_eq!(answered(&p, 4).await, (set(&["b"]), [200].into()));
-    // And a reload that drops the name stops its lookups.
+    // And a reload that drops the name stops its lookups and its series; `tick.test`,
+    // still in use, is the clock: three of its refreshes, and no new.test query among them.
+    dns.addrs("tick.test", &[ip("127.0.0.2")]);
     p.reload(
-        &config(&[format!("127.0.0.2:{port}")]),
+        &config(&[format!("tick.test:{port}")]),
         &[("dns", dns.addr)],
     )
     .await
     .unwrap();
+    assert_eq!(p.shared.dns.tasks(), 1);
+    assert!(!metrics(&p).await.contains("new.test"));
+    let (asked, ticks) = (dns.queries("new.test"), dns.queries("tick.test"));
+    eventually(WAIT, || async { dns.queries("tick.test") >= ticks + 6 }).await;
+    assert_eq!(
+        dns.queries("new.test"),
+        asked,
+        "the dropped name's task stopped"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_reload_leaves_no_lookup_behind() {
+    let dns = DnsServer::start().await;
+    let (port, _b) = on_one_port(&[("a", "127.0.0.2"), ("b", "127.0.0.3")]).await;
+    dns.addrs("new.test", &[ip("127.0.0.2")]);
+    let p = Proxy::start(
+        &config(&[format!("127.0.0.3:{port}")]),
+        &[("dns", dns.addr)],
+    )
+    .await;
+    // A listener on a port in use: the reload fails after its names were looked up.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = config(&[format!("new.test:{port}")]).replace(
+        "admin:",
+        &format!(
+            "  - name: taken\n    bind: \"{}\"\nadmin:",
+            taken.local_addr().unwrap()
+        ),
+    );
+    p.reload(&bad, &[("dns", dns.addr)]).await.unwrap_err();
+    assert!(!metrics(&p).await.contains("new.test"), "no series of it");
     assert_eq!(p.shared.dns.tasks(), 0);
+    // The name moved meanwhile: a good reload asks again, it does not reuse the old answer.
+    dns.addrs("new.test", &[ip("127.0.0.3")]);
+    p.reload(&config(&[format!("new.test:{port}")]), &[("dns", dns.addr)])
+        .await
+        .unwrap();
+    assert_eq!(answered(&p, 4).await, (set(&["b"]), [200].into()));
+}
+
+#[tokio::test]
+async fn a_reload_to_another_dns_server_asks_it_at_once() {
+    let (one, two) = (DnsServer::start().await, DnsServer::start().await);
+    let (port, _b) = on_one_port(&[("a", "127.0.0.2"), ("b", "127.0.0.3")]).await;
+    one.addrs("svc.test", &[ip("127.0.0.2")]);
+    two.addrs("svc.test", &[ip("127.0.0.3")]);
+    let yaml = config(&[format!("svc.test:{port}")]).replace("100ms", "1h");
+    let p = Proxy::start(&yaml, &[("dns", one.addr)]).await;
+    assert_eq!(answered(&p, 2).await.0, set(&["a"]));
+    p.reload(&yaml, &[("dns", two.addr)]).await.unwrap();
+    assert_eq!(answered(&p, 4).await, (set(&["b"]), [200].into()));
 }
 
 #[tokio::test]

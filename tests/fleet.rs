@@ -68,7 +68,10 @@ async fn two_instances_with_one_config_and_secret_decide_alike() {
     let mut tokens: BTreeMap<String, String> = BTreeMap::new();
     for _ in 0..30 {
         let got = via(&one, "/sticky", None).await;
-        let token = got.cookie("sy").expect("a new user gets a token").to_string();
+        let token = got
+            .cookie("sy")
+            .expect("a new user gets a token")
+            .to_string();
         tokens.insert(got.header("x-backend").to_string(), token);
         if tokens.len() == 3 {
             break;
@@ -78,12 +81,19 @@ async fn two_instances_with_one_config_and_secret_decide_alike() {
     for (backend, token) in &tokens {
         for _ in 0..3 {
             let got = via(&two, "/sticky", Some(format!("sy={token}"))).await;
-            assert_eq!(got.header("x-backend"), backend, "token of {backend} on two");
+            assert_eq!(
+                got.header("x-backend"),
+                backend,
+                "token of {backend} on two"
+            );
             assert_eq!(got.cookie("sy"), None, "a hit sets no cookie");
         }
         // Another secret: not its token, so a new one.
         let got = via(&other, "/sticky", Some(format!("sy={token}"))).await;
-        assert!(got.cookie("sy").is_some(), "another key re-issues the token");
+        assert!(
+            got.cookie("sy").is_some(),
+            "another key re-issues the token"
+        );
     }
 
     // Split: the variant one picked stays on two.

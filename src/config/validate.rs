@@ -717,7 +717,8 @@ impl Check<'_> {
         match value.rsplit_once(':') {
             Some((host, port)) if dns_name(host) => match port.parse::<u16>() {
                 Ok(port) if port != 0 => Some(Addr::Name {
-                    host: host.trim_end_matches('.').to_ascii_lowercase().into(),
+                    // A final dot stays: the name is absolute, no search domain is tried.
+                    host: host.to_ascii_lowercase().into(),
                     port,
                 }),
                 _ => {
@@ -1124,7 +1125,6 @@ impl Check<'_> {
     }
 }
 
-/// RFC 6265 §4.1.1 `cookie-octet`: what a cookie value may hold unquoted.
 /// The shortest `dns_refresh`: a lookup more often than this is a DNS server's load, not
 /// freshness.
 const MIN_DNS_REFRESH: Duration = Duration::from_millis(100);
@@ -1146,6 +1146,7 @@ fn dns_name(host: &str) -> bool {
         })
 }
 
+/// RFC 6265 §4.1.1 `cookie-octet`: what a cookie value may hold unquoted.
 fn cookie_octet(b: u8) -> bool {
     matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }

@@ -17,6 +17,8 @@ pub enum Answer {
     Addrs(Vec<IpAddr>),
     /// SERVFAIL.
     Fail,
+    /// These addresses' A records, and SERVFAIL to AAAA queries.
+    FailV6(Vec<IpAddr>),
 }
 
 /// The running server; stops when dropped.
@@ -105,7 +107,10 @@ fn answer(
         match table.get(&name) {
             None => reply.metadata.response_code = ResponseCode::NXDomain,
             Some(Answer::Fail) => reply.metadata.response_code = ResponseCode::ServFail,
-            Some(Answer::Addrs(addrs)) => {
+            Some(Answer::FailV6(_)) if q.query_type() == RecordType::AAAA => {
+                reply.metadata.response_code = ResponseCode::ServFail
+            }
+            Some(Answer::Addrs(addrs) | Answer::FailV6(addrs)) => {
                 for ip in addrs {
                     let rdata = match (ip, q.query_type()) {
                         (IpAddr::V4(v4), RecordType::A) => RData::A(A(*v4)),
