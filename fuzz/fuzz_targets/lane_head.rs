@@ -28,7 +28,7 @@ routes:
 
 static SNAP: LazyLock<Snapshot> = LazyLock::new(|| {
     let loaded = switchyard::config::parse(Path::new("fuzz.yaml"), CONFIG).expect("config");
-    Snapshot::compile(loaded.config, None)
+    Snapshot::compile(loaded.config, None, &Default::default())
 });
 
 static CONN: LazyLock<ConnInfo> = LazyLock::new(|| ConnInfo {
