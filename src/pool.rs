@@ -218,18 +218,9 @@ impl Pool {
         let sni = cfg.tls.as_ref().and_then(|t| t.sni.as_deref());
         let backends: Vec<Arc<Backend>> = addresses(cfg, answers)
             .map(|(b, addr)| {
-                let state = prev.and_then(|p| {
-                    p.backends
-                        .iter()
-                        .find(|old| old.addr == addr)
-                        .map(|old| old.state.clone())
-                });
-                let stats = counted.and_then(|p| {
-                    p.backends
-                        .iter()
-                        .find(|old| old.addr == addr)
-                        .map(|old| old.stats.clone())
-                });
+                let old = counted.and_then(|p| p.backends.iter().find(|o| o.addr == addr));
+                let state = old.filter(|_| prev.is_some()).map(|o| o.state.clone());
+                let stats = old.map(|o| o.stats.clone());
                 Arc::new(Backend::new(b, addr, sni, state, stats))
             })
             .collect();
@@ -329,18 +320,15 @@ fn addresses<'a>(
     cfg.backends
         .iter()
         .flat_map(move |b| {
-            let one = match b.addr {
-                config::Addr::Ip(a) => Some(a),
-                config::Addr::Name { .. } => None,
+            let all: Vec<SocketAddr> = match &b.addr {
+                config::Addr::Ip(a) => vec![*a],
+                config::Addr::Name { host, port } => {
+                    answers.get(host).map_or_else(Vec::new, |ips| {
+                        ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect()
+                    })
+                }
             };
-            let many = match &b.addr {
-                config::Addr::Name { host, port } => answers
-                    .get(host)
-                    .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, *port)).collect())
-                    .unwrap_or_default(),
-                config::Addr::Ip(_) => Vec::new(),
-            };
-            one.into_iter().chain(many).map(move |a| (b, a))
+            all.into_iter().map(move |a| (b, a))
         })
         .filter(move |(_, a)| seen.insert(*a))
 }

@@ -46,6 +46,21 @@ async fn via(bin: &Binary, path: &str, cookie: Option<String>) -> Got {
     get_with(&client(), &bin.url(path), &headers).await
 }
 
+/// New users on `bin` until `want` backends answered: each backend's `cookie` value.
+async fn draw(bin: &Binary, path: &str, cookie: &str, want: usize) -> BTreeMap<String, String> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..40 {
+        let got = via(bin, path, None).await;
+        let value = got.cookie(cookie).expect("a new user gets the cookie");
+        seen.insert(got.header("x-backend").to_string(), value.to_string());
+        if seen.len() == want {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), want, "{path}: every backend was drawn");
+    seen
+}
+
 #[tokio::test]
 async fn two_instances_with_one_config_and_secret_decide_alike() {
     let backends = [
@@ -65,19 +80,7 @@ async fn two_instances_with_one_config_and_secret_decide_alike() {
     let other = Binary::start(&path, &[(SECRET_ENV, "another-key")], 1);
 
     // Sticky: every backend's token from one is a hit on two, with no new cookie.
-    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
-    for _ in 0..30 {
-        let got = via(&one, "/sticky", None).await;
-        let token = got
-            .cookie("sy")
-            .expect("a new user gets a token")
-            .to_string();
-        tokens.insert(got.header("x-backend").to_string(), token);
-        if tokens.len() == 3 {
-            break;
-        }
-    }
-    assert_eq!(tokens.len(), 3, "round robin reached every backend");
+    let tokens = draw(&one, "/sticky", "sy", 3).await;
     for (backend, token) in &tokens {
         for _ in 0..3 {
             let got = via(&two, "/sticky", Some(format!("sy={token}"))).await;
@@ -96,18 +99,9 @@ async fn two_instances_with_one_config_and_secret_decide_alike() {
         );
     }
 
-    // Split: the variant one picked stays on two.
-    let mut variants: BTreeMap<String, String> = BTreeMap::new();
-    for _ in 0..40 {
-        let got = via(&one, "/split", None).await;
-        let v = got.cookie("sy_ab").expect("a split cookie").to_string();
-        variants.insert(v, got.header("x-backend").to_string());
-        if variants.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(variants.len(), 2, "both variants were drawn");
-    for (variant, backend) in &variants {
+    // Split: the variant one picked stays on two (v1 is backend a, v2 is b).
+    let variants = draw(&one, "/split", "sy_ab", 2).await;
+    for (backend, variant) in &variants {
         for _ in 0..3 {
             let got = via(&two, "/split", Some(format!("sy_ab={variant}"))).await;
             assert_eq!(got.header("x-backend"), backend, "variant {variant} on two");
