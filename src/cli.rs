@@ -393,13 +393,15 @@ fn run(args: &RunArgs, demo: bool) -> anyhow::Result<()> {
     })
 }
 
-/// One echo backend per loopback backend address, named `POOL-N`.
+/// One echo backend per loopback backend address, named `POOL-N`; not for the proxy's
+/// own listeners (the demo's L4 tier sends to its L7 one).
 async fn start_echo_backends(config: &Config) -> anyhow::Result<()> {
     let mut names: BTreeMap<SocketAddr, String> = BTreeMap::new();
     for p in &config.pools {
         for (i, b) in p.backends.iter().enumerate() {
             if let config::Addr::Ip(addr) = b.addr
                 && addr.ip().is_loopback()
+                && !config.listeners.iter().any(|l| l.bind == addr)
             {
                 names
                     .entry(addr)
@@ -419,7 +421,13 @@ async fn start_echo_backends(config: &Config) -> anyhow::Result<()> {
 
 fn print_tour(server: &Server, config: &Config) {
     let mut out = std::io::stdout().lock();
-    let Some(l) = config.listeners.first() else {
+    // The tour's requests go to the first plain HTTP listener that takes them directly.
+    let Some(l) = config
+        .listeners
+        .iter()
+        .find(|l| l.tcp.is_none() && l.tls.is_none() && !l.accept_proxy)
+        .or(config.listeners.first())
+    else {
         return;
     };
     let Some(addr) = server.listener_addr(&l.name) else {
@@ -471,6 +479,15 @@ fn print_tour(server: &Server, config: &Config) {
         out,
         "  curl -si {base}/nope                    # no route: 404"
     );
+    for l in config.listeners.iter().filter(|l| l.tcp.is_some()) {
+        if let Some(a) = server.listener_addr(&l.name) {
+            let _ = writeln!(
+                out,
+                "  curl -s --interface 127.0.0.2 http://{a}/api/users/1   # L4 listener {} -> L7 -> pool: x-forwarded-for is 127.0.0.2",
+                l.name
+            );
+        }
+    }
     for l in config.listeners.iter().filter(|l| l.tls.is_some()) {
         if let Some(a) = server.listener_addr(&l.name) {
             let _ = writeln!(

@@ -65,7 +65,25 @@ pub struct Listener {
     pub session_resumption: bool,
     /// Peers whose `X-Forwarded-For` is believed; empty: none, and the list is appended to.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Every connection starts with a PROXY protocol header naming the client.
+    pub accept_proxy: bool,
+    /// `mode: tcp`: where its connections go; `None` for an HTTP listener.
+    pub tcp: Option<TcpListen>,
 }
+
+/// Where a tcp listener sends its connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpListen {
+    /// Index into [`Config::pools`]: without SNI, or when no `sni_routes` entry matches.
+    pub pool: usize,
+    /// `sni_routes`, in file order: (lower-case name or `*.suffix`, pool index).
+    pub sni_routes: Vec<(String, usize)>,
+    /// Send the client's address to the backend first.
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+/// A PROXY protocol version.
+pub use crate::proxy_protocol::Version as ProxyVersion;
 
 /// Access log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +146,8 @@ pub struct Pool {
     pub tls: Option<UpstreamTls>,
     /// How often backend names are looked up again (before jitter).
     pub dns_refresh: Duration,
+    /// Send each new backend connection a PROXY header naming the client first.
+    pub proxy_protocol: Option<ProxyVersion>,
     pub backends: Vec<Backend>,
 }
 
@@ -239,6 +259,8 @@ pub struct Timeouts {
     /// Longest wait for the backend to take the next bytes of a request body (nginx
     /// `proxy_send_timeout`).
     pub write: Duration,
+    /// A tcp connection with no bytes either way for this long is closed.
+    pub idle: Duration,
 }
 
 /// What a pool does when no backend is healthy.

@@ -19,10 +19,12 @@
 //! Below the pipeline: [`wire`] (HTTP/1.1 byte helpers, the strict [`wire::chunked`]
 //! codec), [`body`], [`clock`] (process and connection clocks), [`error`], [`health`]
 //! (passive ejection), [`tls`] (SNI from the live snapshot; [`tls::certs`] loads files),
-//! [`net`] (sockets). Above it: [`snapshot`] (the compiled config every request reads, one
-//! `ArcSwap`), [`config`] (`routes.yaml` -> raw serde -> validated [`config::Config`]),
+//! [`sni`] (a ClientHello's SNI read without terminating TLS, for passthrough),
+//! [`proxy_protocol`] (the PROXY header an L4 balancer sends first), [`net`] (sockets).
+//! Above it: [`snapshot`] (the compiled config every request reads, one `ArcSwap`),
+//! [`config`] (`routes.yaml` -> raw serde -> validated [`config::Config`]),
 //! [`dns`] (backend names looked up again every `dns_refresh`),
-//! [`server`] (listeners, limits, timeouts, shutdown), [`admin`], [`echo`] (the stand-in
+//! [`server`] (listeners, limits, timeouts, shutdown; `mode: tcp` relays), [`admin`], [`echo`] (the stand-in
 //! backend), [`explain`], [`probe`] (`switchyard healthcheck`), [`cli`].
 //!
 //! Tests start the real thing in-process: [`server::Server::bind`] on `127.0.0.1:0`, then
@@ -49,11 +51,13 @@ pub mod net;
 pub mod pool;
 pub mod probe;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod record;
 pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod sni;
 pub mod status;
 pub mod sticky;
 pub mod tls;

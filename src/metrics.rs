@@ -187,6 +187,24 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         &["pool"],
         MetricType::COUNTER,
     ),
+    (
+        "switchyard_tcp_connections_total",
+        "Connections a tcp listener relayed, by the backend they were connected to",
+        &["listener", "pool", "backend"],
+        MetricType::COUNTER,
+    ),
+    (
+        "switchyard_tcp_connections_active",
+        "Connections a tcp listener is relaying now",
+        &["listener"],
+        MetricType::GAUGE,
+    ),
+    (
+        "switchyard_tcp_bytes_total",
+        "Bytes a tcp listener relayed: in from clients, out to clients",
+        &["listener", "direction"],
+        MetricType::COUNTER,
+    ),
 ];
 
 /// The name of every family the proxy exports besides the process collector's.
@@ -273,6 +291,7 @@ impl Collector for State {
         let r = requests(&shared, &snap);
         let b = upstream(&snap);
         let (open, accepted, tls) = connections(&shared, &snap);
+        let t = tcp(&shared, &snap);
         // One list per family, in FAMILIES order (the length is checked at compile time).
         let series: [Vec<Metric>; FAMILIES.len()] = [
             up,
@@ -295,6 +314,9 @@ impl Collector for State {
             r.sticky,
             r.splits,
             r.fail_open,
+            t.connections,
+            t.active,
+            t.bytes,
         ];
         FAMILIES
             .iter()
@@ -447,6 +469,42 @@ fn connections(shared: &Shared, snap: &Snapshot) -> (Vec<Metric>, Vec<Metric>, V
         }
     }
     (open, total, tls)
+}
+
+/// The `switchyard_tcp_*` families.
+#[derive(Default)]
+struct Tcp {
+    connections: Vec<Metric>,
+    active: Vec<Metric>,
+    bytes: Vec<Metric>,
+}
+
+/// The tcp families of the tcp listeners `snap` has.
+fn tcp(shared: &Shared, snap: &Snapshot) -> Tcp {
+    let mut out = Tcp::default();
+    for (name, st) in shared.listener_stats_all() {
+        if snap.listener(&name).is_none_or(|l| l.tcp.is_none()) {
+            continue;
+        }
+        let t = &st.tcp;
+        for ((pool, backend), n) in t.connections.entries() {
+            out.connections.push(counter(
+                &[("listener", &name), ("pool", pool), ("backend", backend)],
+                n.get() as f64,
+            ));
+        }
+        out.active
+            .push(gauge(&[("listener", &name)], t.active.load(Relaxed) as f64));
+        for (direction, n) in [("in", t.bytes_in.get()), ("out", t.bytes_out.get())] {
+            if n > 0 {
+                out.bytes.push(counter(
+                    &[("listener", &name), ("direction", direction)],
+                    n as f64,
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn histogram(labels: &[(&str, &str)], h: &Hist) -> Metric {

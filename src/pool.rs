@@ -462,6 +462,7 @@ mod tests {
                 response: Duration::from_secs(1),
                 read: Duration::from_secs(1),
                 write: Duration::from_secs(1),
+                idle: Duration::from_secs(1),
             },
             retries: 2,
             when_all_down: WhenAllDown::FailOpen,
@@ -471,6 +472,7 @@ mod tests {
             protocol: Protocol::Http1,
             tls: None,
             dns_refresh: Duration::from_secs(5),
+            proxy_protocol: None,
             backends: vec![],
         }
     }

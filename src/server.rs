@@ -15,6 +15,7 @@
 
 pub mod h1;
 pub mod h2;
+mod tcp;
 
 use crate::access_log::AccessLog;
 use crate::admin;
@@ -712,10 +713,43 @@ const H2_STREAM_WINDOW: u32 = 512 * 1024;
 const H2_CONN_WINDOW: u32 = 1024 * 1024;
 
 impl Conn {
-    async fn serve(self, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    async fn serve(self, mut tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
         let _ = tcp.set_nodelay(true);
         let _open = Open::new(&self.stats);
         let head = self.limits.client_header_timeout;
+        let mut client = tcp::Client {
+            src: peer,
+            dst: tcp.local_addr().unwrap_or(self.listener.bind),
+        };
+        if self.listener.accept_proxy {
+            // The header shares the head's deadline: a peer that never sends one is cut
+            // like a slow request head.
+            match tokio::time::timeout(head, crate::proxy_protocol::read(&mut tcp)).await {
+                Ok(Ok(crate::proxy_protocol::Header::Proxied { src, dst })) => {
+                    // A v4 client behind a v6 front tier arrives IPv4-mapped.
+                    let canonical =
+                        |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+                    client = tcp::Client {
+                        src: canonical(src),
+                        dst: canonical(dst),
+                    };
+                }
+                // A health check of the proxy in front: the peer is the client.
+                Ok(Ok(crate::proxy_protocol::Header::Local)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %self.listener.name, %peer, error = %e, "no valid PROXY protocol header; closing");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %self.listener.name, %peer, timeout = ?head, "no PROXY protocol header in time; closing");
+                    return;
+                }
+            }
+        }
+        if self.listener.tcp.is_some() {
+            return tcp::serve(&self, tcp, client).await;
+        }
+        let peer = client.src;
         let Some(acceptor) = tls else {
             let h2 = match tokio::time::timeout(head, sniff_h2(&tcp)).await {
                 Ok(Ok(h2)) => h2,

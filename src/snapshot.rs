@@ -7,9 +7,11 @@
 use crate::config::{self, Config, Limits};
 use crate::dns::{Answers, Dns};
 use crate::health::Checks;
+use crate::metrics::series::{Count, Series};
 use crate::metrics::stats::RouteStats;
 use crate::pool::Pool;
 use crate::router::Router;
+use crate::sni::SniTable;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,12 +34,19 @@ pub struct Snapshot {
     pub limits: Arc<Limits>,
     /// Each route's request counts, in route order; carried over by name.
     pub route_stats: Box<[Arc<RouteStats>]>,
+    /// The `sni_routes` of tcp listeners that have them, by listener name: pool indices.
+    sni: Box<[(Arc<str>, SniTable<usize>)]>,
 }
 
 impl Snapshot {
     /// The settings of listener `name`.
     pub fn listener(&self, name: &str) -> Option<&Arc<config::Listener>> {
         self.listeners.iter().find(|l| &*l.name == name)
+    }
+
+    /// The SNI routes of tcp listener `name`, if it has any.
+    pub fn sni_table(&self, name: &str) -> Option<&SniTable<usize>> {
+        self.sni.iter().find(|(n, _)| &**n == name).map(|(_, t)| t)
     }
 
     /// Compile `config`, taking over backend state from `prev` where backends stay; named
@@ -86,8 +95,17 @@ impl Snapshot {
                     .map_or_else(Arc::default, |s| Arc::clone(s))
             })
             .collect();
+        let sni = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let t = l.tcp.as_ref().filter(|t| !t.sni_routes.is_empty())?;
+                Some((l.name.clone(), SniTable::new(t.sni_routes.iter().cloned())))
+            })
+            .collect();
         Snapshot {
             route_stats,
+            sni,
             listeners: config.listeners.iter().cloned().map(Arc::new).collect(),
             limits: Arc::new(config.limits.clone()),
             config,
@@ -163,6 +181,20 @@ pub struct ListenerStats {
     pub connections_total: AtomicU64,
     /// The requests that matched no route (route and pool `none`).
     pub unrouted: RouteStats,
+    /// A tcp listener's connections and bytes.
+    pub tcp: TcpStats,
+}
+
+/// What a tcp listener counts (`switchyard_tcp_*`).
+#[derive(Default)]
+pub struct TcpStats {
+    /// Connections made to backends, by (pool, backend).
+    pub connections: Series<(Arc<str>, Arc<str>), Count>,
+    /// Client connections being relayed now (connected to a backend).
+    pub active: AtomicU64,
+    /// Bytes from clients (`in`) and to clients (`out`).
+    pub bytes_in: Count,
+    pub bytes_out: Count,
 }
 
 impl Shared {

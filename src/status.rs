@@ -22,11 +22,33 @@ pub fn status(shared: &Shared) -> Value {
         .into_iter()
         .filter_map(|(name, st)| {
             let l = snap.listener(&name)?;
+            let tcp = l.tcp.as_ref().map(|t| {
+                let pool = |i: usize| snap.config.pools[i].name.to_string();
+                let backends: Vec<Value> = st
+                    .tcp
+                    .connections
+                    .entries()
+                    .iter()
+                    .map(|((p, b), n)| json!({"pool": &**p, "backend": &**b, "connections": n.get()}))
+                    .collect();
+                json!({
+                    "pool": pool(t.pool),
+                    "sni_routes": t.sni_routes.iter().map(|(s, p)| json!({"sni": s, "pool": pool(*p)})).collect::<Vec<_>>(),
+                    "proxy_protocol": t.proxy_protocol.map(|v| format!("{v:?}").to_lowercase()),
+                    "active": st.tcp.active.load(std::sync::atomic::Ordering::Relaxed),
+                    "bytes_in": st.tcp.bytes_in.get(),
+                    "bytes_out": st.tcp.bytes_out.get(),
+                    "backends": backends,
+                })
+            });
             Some(json!({
                 "name": &*name,
                 "bind": l.bind.to_string(),
                 "addr": shared.listener_addr(&name).map(|a| a.to_string()),
                 "tls": l.tls.is_some(),
+                "mode": if l.tcp.is_some() { "tcp" } else { "http" },
+                "accept_proxy": l.accept_proxy,
+                "tcp": tcp,
                 "connections_active": st.connections_active.load(std::sync::atomic::Ordering::Relaxed),
                 "connections_total": st.connections_total.load(std::sync::atomic::Ordering::Relaxed),
                 "tls_handshake_errors": st.tls_handshake_errors.load(std::sync::atomic::Ordering::Relaxed),

@@ -36,6 +36,35 @@ pub struct Listener {
     pub redirect_https: Option<u16>,
     pub tls: Option<ListenerTls>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub mode: Option<Mode>,
+    pub pool: Option<String>,
+    pub sni_routes: Option<Vec<SniRoute>>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    pub accept_proxy: Option<bool>,
+}
+
+/// `listeners[].mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+/// `listeners[].sni_routes[]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    pub sni: String,
+    pub pool: String,
+}
+
+/// `listeners[].proxy_protocol` and `pools.NAME.proxy_protocol`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 /// `listeners[].tls`
@@ -102,6 +131,7 @@ pub struct Pool {
     pub ca: Option<String>,
     pub sni: Option<String>,
     pub dns_refresh: Option<String>,
+    pub proxy_protocol: Option<ProxyProtocol>,
     #[serde(default)]
     pub backends: Vec<Backend>,
 }
@@ -173,6 +203,7 @@ pub struct Timeouts {
     pub response: Option<String>,
     pub read: Option<String>,
     pub write: Option<String>,
+    pub idle: Option<String>,
 }
 
 /// `pools.NAME.backends[]`

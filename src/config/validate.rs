@@ -9,7 +9,7 @@ use super::spans::{Pos, Spans};
 use super::{
     AccessLogFormat, Addr, Backend, Balance, CaBundle, CheckKind, Config, ConfigError, HealthCheck,
     HostMatch, Limits, Listener, Loaded, PathMatch, Pool, Protocol, Route, RouteTo, Secret, Split,
-    Sticky, Timeouts, UpstreamTls, WhenAllDown,
+    Sticky, TcpListen, Timeouts, UpstreamTls, WhenAllDown,
 };
 use crate::router::path::normalize;
 use crate::tls::certs::{Certs, Which};
@@ -39,7 +39,6 @@ pub fn validate(
     }
 
     let limits = c.limits(raw.limits.as_ref());
-    let listeners = c.listeners(&raw.listeners);
     let admin = raw
         .admin
         .as_ref()
@@ -64,6 +63,8 @@ pub fn validate(
     }
     let pools: Vec<Pool> = raw.pools.iter().map(|(name, p)| c.pool(name, p)).collect();
     let routes = c.routes(&raw.routes, &pools);
+    let listeners = c.listeners(&raw.listeners, &pools);
+    c.tcp_pools(&raw.pools, &listeners, &pools);
     if sticky_secret.is_none() {
         for (name, p) in &raw.pools {
             if p.sticky.is_some() {
@@ -104,6 +105,13 @@ struct Check<'a> {
     spans: &'a Spans,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
+}
+
+fn proxy_version(v: raw::ProxyProtocol) -> super::ProxyVersion {
+    match v {
+        raw::ProxyProtocol::V1 => super::ProxyVersion::V1,
+        raw::ProxyProtocol::V2 => super::ProxyVersion::V2,
+    }
 }
 
 fn last_segment(path: &str) -> &str {
@@ -269,7 +277,7 @@ impl Check<'_> {
         }
     }
 
-    fn listeners(&mut self, raw: &[raw::Listener]) -> Vec<Listener> {
+    fn listeners(&mut self, raw: &[raw::Listener], pools: &[Pool]) -> Vec<Listener> {
         if raw.is_empty() {
             self.error(
                 Pos { line: 1, col: 1 },
@@ -337,6 +345,7 @@ impl Check<'_> {
                 &format!("{path}.trusted_proxies"),
                 l.trusted_proxies.as_deref().unwrap_or_default(),
             );
+            let tcp = self.tcp_listen(&path, name, l, pools);
             if let Some(bind) = bind {
                 out.push(Listener {
                     name: name.into(),
@@ -349,10 +358,193 @@ impl Check<'_> {
                         .and_then(|t| t.session_resumption)
                         .unwrap_or(true),
                     trusted_proxies: trusted_proxies.into(),
+                    accept_proxy: l.accept_proxy.unwrap_or(false),
+                    tcp,
                 });
             }
         }
         out
+    }
+
+    /// A `mode: tcp` listener's pool, `sni_routes` and `proxy_protocol`; the HTTP keys it
+    /// cannot have, and the tcp keys an HTTP listener cannot have, are errors.
+    fn tcp_listen(
+        &mut self,
+        path: &str,
+        name: &str,
+        l: &raw::Listener,
+        pools: &[Pool],
+    ) -> Option<TcpListen> {
+        let tcp = l.mode == Some(raw::Mode::Tcp);
+        let http_only = [
+            (
+                "tls",
+                l.tls.is_some(),
+                "use `sni_routes` to pass TLS through by name, or an HTTP listener to terminate it",
+            ),
+            (
+                "redirect_https",
+                l.redirect_https.is_some(),
+                "it sends no HTTP responses",
+            ),
+            (
+                "trusted_proxies",
+                l.trusted_proxies.is_some(),
+                "it reads no X-Forwarded-For; `accept_proxy` takes the client from a PROXY header",
+            ),
+        ];
+        let tcp_only = [
+            ("pool", l.pool.is_some()),
+            ("sni_routes", l.sni_routes.is_some()),
+            ("proxy_protocol", l.proxy_protocol.is_some()),
+        ];
+        if !tcp {
+            for (key, set) in tcp_only {
+                if set {
+                    let hint = if key == "proxy_protocol" {
+                        "; an HTTP listener's pools take `proxy_protocol` as a pool key"
+                    } else {
+                        "; HTTP listeners use `routes:`"
+                    };
+                    self.error(
+                        self.spans.key(&format!("{path}.{key}")),
+                        format!("`{key}` is for `mode: tcp` listeners{hint}"),
+                    );
+                }
+            }
+            return None;
+        }
+        for (key, set, why) in http_only {
+            if set {
+                self.error(
+                    self.spans.key(&format!("{path}.{key}")),
+                    format!("a tcp listener cannot have `{key}`: {why}"),
+                );
+            }
+        }
+        let who = format!("listener `{name}`");
+        let pool = match &l.pool {
+            Some(p) => self.pool_ref(&format!("{path}.pool"), &who, p, pools),
+            None => {
+                self.error(
+                    self.spans.key(&format!("{path}.mode")),
+                    "a tcp listener needs a `pool:` (the one for connections no `sni_routes` entry matches)",
+                );
+                None
+            }
+        };
+        let mut sni_routes: Vec<(String, usize)> = Vec::new();
+        for (i, r) in l.sni_routes.iter().flatten().enumerate() {
+            let rpath = format!("{path}.sni_routes.{i}");
+            let sni = r.sni.trim_end_matches('.').to_ascii_lowercase();
+            let bare = sni.strip_prefix("*.").unwrap_or(&sni);
+            let valid = !bare.is_empty()
+                && !bare.contains('*')
+                && bare.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !valid {
+                self.error(
+                    self.spans.value(&format!("{rpath}.sni")),
+                    format!(
+                        "`{}` is not a server name: a host name, or `*.` and a domain",
+                        r.sni
+                    ),
+                );
+                continue;
+            }
+            if let Some(prev) = sni_routes.iter().position(|(s, _)| *s == sni) {
+                self.error(
+                    self.spans.value(&format!("{rpath}.sni")),
+                    format!(
+                        "server name `{sni}` is already routed on line {}",
+                        self.spans.value(&format!("{path}.sni_routes.{prev}")).line
+                    ),
+                );
+                continue;
+            }
+            if let Some(p) = self.pool_ref(&format!("{rpath}.pool"), &who, &r.pool, pools) {
+                sni_routes.push((sni, p));
+            }
+        }
+        Some(TcpListen {
+            pool: pool?,
+            sni_routes,
+            proxy_protocol: l.proxy_protocol.map(proxy_version),
+        })
+    }
+
+    /// Pools that tcp listeners send to balance connections, not requests: the settings
+    /// that need HTTP are errors there.
+    fn tcp_pools(
+        &mut self,
+        raw: &indexmap::IndexMap<String, raw::Pool>,
+        listeners: &[Listener],
+        pools: &[Pool],
+    ) {
+        let mut used = vec![false; pools.len()];
+        for t in listeners.iter().filter_map(|l| l.tcp.as_ref()) {
+            used[t.pool] = true;
+            for &(_, p) in &t.sni_routes {
+                used[p] = true;
+            }
+        }
+        for (i, (name, p)) in raw.iter().enumerate() {
+            if !used.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let path = format!("pools.{name}");
+            let why = "a tcp listener sends to it";
+            if let Some(b) = p.balance
+                && !matches!(
+                    b,
+                    raw::Balance::RoundRobin
+                        | raw::Balance::LeastConnections
+                        | raw::Balance::Random
+                        | raw::Balance::IpHash
+                )
+            {
+                self.error(
+                    self.spans.value(&format!("{path}.balance")),
+                    format!(
+                        "pool `{name}` balances connections ({why}): use round_robin, least_connections, random or ip_hash"
+                    ),
+                );
+            }
+            let http_keys = [
+                ("sticky", p.sticky.is_some(), "a sticky cookie needs HTTP"),
+                (
+                    "protocol",
+                    p.protocol == Some(raw::Protocol::H2),
+                    "bytes are passed on as they are, in no HTTP version",
+                ),
+                (
+                    "tls",
+                    p.tls == Some(true),
+                    "bytes are passed on as they are; TLS passes through end to end",
+                ),
+                (
+                    "eject_on_5xx",
+                    p.eject_on_5xx.is_some(),
+                    "there are no HTTP statuses to count",
+                ),
+                (
+                    "hash_key",
+                    p.hash_key.is_some(),
+                    "only ip_hash hashes connections",
+                ),
+            ];
+            for (key, set, reason) in http_keys {
+                if set {
+                    self.error(
+                        self.spans.key(&format!("{path}.{key}")),
+                        format!("pool `{name}` cannot have `{key}` ({why}): {reason}"),
+                    );
+                }
+            }
+        }
     }
 
     /// CIDRs (`10.0.0.0/8`, `::1/128`) or single addresses.
@@ -441,6 +633,11 @@ impl Check<'_> {
                 t.and_then(|t| t.write.as_deref()),
                 Duration::from_secs(60),
             ),
+            idle: self.duration(
+                &format!("{path}.timeouts.idle"),
+                t.and_then(|t| t.idle.as_deref()),
+                Duration::from_secs(3600),
+            ),
         };
         if p.backends.is_empty() {
             self.error(
@@ -514,6 +711,7 @@ impl Check<'_> {
             },
             tls,
             dns_refresh,
+            proxy_protocol: p.proxy_protocol.map(proxy_version),
             backends,
         }
     }
@@ -785,7 +983,12 @@ impl Check<'_> {
             };
             let to = match (&r.pool, &r.split) {
                 (Some(p), None) => self
-                    .pool_ref(&format!("{path}.pool"), &name, p, pools)
+                    .pool_ref(
+                        &format!("{path}.pool"),
+                        &format!("route `{name}`"),
+                        p,
+                        pools,
+                    )
                     .map(RouteTo::Pool),
                 (None, Some(split)) => self.split(&format!("{path}.split"), &name, split, pools),
                 (Some(_), Some(_)) => {
@@ -860,14 +1063,15 @@ impl Check<'_> {
     }
 
     /// The pool `p` named at `path` by route `route`, if it is defined.
-    fn pool_ref(&mut self, path: &str, route: &str, p: &str, pools: &[Pool]) -> Option<usize> {
+    /// The index of pool `p`, which `who` (`route `x``) names at `path`.
+    fn pool_ref(&mut self, path: &str, who: &str, p: &str, pools: &[Pool]) -> Option<usize> {
         let found = pools.iter().position(|x| &*x.name == p);
         if found.is_none() {
             let known: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
             self.error(
                 self.spans.value(path),
                 format!(
-                    "route `{route}` names pool `{p}`, which is not defined (pools: {})",
+                    "{who} names pool `{p}`, which is not defined (pools: {})",
                     if known.is_empty() {
                         "none".to_string()
                     } else {
@@ -906,7 +1110,12 @@ impl Check<'_> {
                 );
                 ok = false;
             }
-            match self.pool_ref(&format!("{ppath}.pool"), route, &sp.pool, pools) {
+            match self.pool_ref(
+                &format!("{ppath}.pool"),
+                &format!("route `{route}`"),
+                &sp.pool,
+                pools,
+            ) {
                 Some(p) if out.iter().any(|&(q, _)| q == p) => {
                     self.error(
                         self.spans.value(&format!("{ppath}.pool")),

@@ -157,6 +157,11 @@ impl Count {
         self.0.fetch_add(1, Relaxed);
     }
 
+    /// Add `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
     /// The count so far.
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end: the demo from the README, driven by a real curl.
 # Starts `switchyard demo` (the embedded routes.yaml: 127.0.0.1:8080, TLS on :8443 with a
-# generated certificate, admin :9901, echo backends on :9001-9006), checks routing,
+# generated certificate, the L4 edge :7000 in front of the L7 inner :8081, admin :9901, echo
+# backends on :9001-9007), checks routing,
 # balancing, errors, HTTPS and HTTP/2, then stops it with SIGTERM and expects a clean exit.
 # Bounded: every curl has a timeout; the whole run takes seconds.
 set -euo pipefail
@@ -62,6 +63,15 @@ v=$(c --cacert certs/localhost.crt --http1.1 -o /dev/null -w '%{http_version} %{
 body=$(c -k https://127.0.0.1:8443/api/users/1)
 [[ $body == *'"x-forwarded-proto":"https"'* ]] || fail "x-forwarded-proto over TLS: $body"
 grep -q '"route":"products"' "$LOG/stdout" || fail "no JSON access log line on stdout"
+# The two tiers: L4 edge (:7000, PROXY v2 out) -> L7 inner (:8081, accept_proxy) -> pool user.
+# The client connects from 127.0.0.2; that is the address the backend hears of.
+body=$(c --interface 127.0.0.2 http://127.0.0.1:7000/api/users/1)
+[[ $body == *'"x-forwarded-for":"127.0.0.2"'* ]] || fail "L4 -> L7 client address: $body"
+[[ $(backend --interface 127.0.0.2 http://127.0.0.1:7000/api/users/1) == user-* ]] || fail "L4 -> L7 -> user pool"
+# inner takes only connections that start with a PROXY header: curl's own is one (v1).
+body=$(c --haproxy-protocol http://127.0.0.1:8081/api/users/1)
+[[ $body == *'"x-forwarded-for":"127.0.0.1"'* ]] || fail "curl --haproxy-protocol to inner: $body"
+c -o /dev/null http://127.0.0.1:8081/api/users/1 2>/dev/null && fail "inner answered without a PROXY header"
 
 kill -TERM "$PID"
 for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod matrix;
+pub mod tcp;
 pub mod tls;
 
 use bytes::Bytes;

@@ -1,0 +1,254 @@
+//! `mode: tcp` listeners: each client connection is relayed byte for byte to one backend.
+//!
+//! ```text
+//! accept --(accept_proxy: PROXY header)--(sni_routes: ClientHello, kept)--> pool
+//!        --> pick a backend, connect (next one on failure, up to `retries`)
+//!        --> (proxy_protocol: PROXY header) + the bytes read so far --> relay both ways
+//! ```
+//! The relay passes a half-close on (one side's EOF becomes a shutdown of the other's
+//! write side) and ends when both directions have, when either errors, after
+//! `timeouts.idle` without a byte either way, or when the listener's grace time after
+//! shutdown (or its removal) is up. The open connection is counted on its backend for
+//! its whole life, which is what `least_connections` compares.
+
+use super::{Conn, Signal};
+use crate::clock::now_ms;
+use crate::metrics::series::Count;
+use crate::pool::{Backend, Pick, Tried};
+use crate::proxy_protocol;
+use crate::snapshot::TcpStats;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The first read buffer of each direction; it grows to [`MAX_BUF`] for a direction
+/// whose reads fill it, so idle connections (thousands of game clients) stay small and
+/// bulk transfers take few system calls.
+const FIRST_BUF: usize = 16 * 1024;
+const MAX_BUF: usize = 256 * 1024;
+
+/// The addresses a tcp connection is relayed for.
+pub(super) struct Client {
+    /// The client: the peer, or what its PROXY header said.
+    pub src: SocketAddr,
+    /// Where it connected to: this listener, or what its PROXY header said.
+    pub dst: SocketAddr,
+}
+
+/// Relay `tcp`, from `client`, to a backend of the listener's pool.
+pub(super) async fn serve(conn: &Conn, mut tcp: TcpStream, client: Client) {
+    let name = &conn.listener.name;
+    // The listener as the current snapshot has it: its pool indices are that snapshot's.
+    // A listener a reload is removing keeps serving what it accepted with its last pool.
+    let snap = conn.shared.load();
+    let Some(listen) = snap.listener(name).and_then(|l| l.tcp.clone()) else {
+        tracing::debug!(listener = %name, "tcp listener removed before its connection was served");
+        return;
+    };
+    let mut first = Vec::new();
+    let mut pool_index = listen.pool;
+    if let Some(table) = snap.sni_table(name) {
+        let head = conn.limits.client_header_timeout;
+        let sni = match tokio::time::timeout(head, crate::sni::read_hello(&mut tcp, &mut first))
+            .await
+        {
+            Ok(Ok(sni)) => sni,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %name, peer = %client.src, error = %e, "no usable TLS ClientHello; closing");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(listener = %name, peer = %client.src, timeout = ?head, "no TLS ClientHello in time; closing");
+                return;
+            }
+        };
+        if let Some(&p) = sni.as_deref().and_then(|s| table.get(s)) {
+            pool_index = p;
+        }
+    }
+    let pool = &snap.pools[pool_index];
+    let Some((backend, upstream)) = connect(pool, client.src).await else {
+        return;
+    };
+    let version = listen
+        .proxy_protocol
+        .or(snap.config.pools[pool_index].proxy_protocol);
+    let idle = pool.timeouts.idle;
+    let pool_name = pool.name.clone();
+    // The connection holds its backend, not the snapshot: an hour-long connection does
+    // not keep every config it lived through.
+    drop(snap);
+    let _open = backend.state.start_request();
+    backend.state.touch();
+    let stats = &conn.stats.tcp;
+    stats.connections.with(
+        |(p, b)| *p == pool_name && *b == backend.label,
+        || (pool_name.clone(), backend.label.clone()),
+        Count::inc,
+    );
+    let _active = Active::new(stats);
+    if let Some(v) = version {
+        let mut header = Vec::with_capacity(108 + first.len());
+        proxy_protocol::encode(v, client.src, client.dst, &mut header);
+        header.extend_from_slice(&first);
+        first = header;
+    }
+    let relay = Relay {
+        stats,
+        idle,
+        kill: &conn.kill,
+    };
+    match relay.run(tcp, upstream, &first).await {
+        Ok(end) => {
+            tracing::debug!(listener = %name, backend = %backend.label, ?end, "tcp connection done")
+        }
+        Err(e) => {
+            tracing::debug!(listener = %name, backend = %backend.label, error = %e, "tcp connection ended with an error")
+        }
+    }
+}
+
+/// Connect to a backend of `pool` for a client at `src`: the balancer's pick, then the
+/// next on failure, `retries` more times; `None` (logged) when none could be reached.
+async fn connect(pool: &crate::pool::Pool, src: SocketAddr) -> Option<(Arc<Backend>, TcpStream)> {
+    let key = (pool.balance == crate::config::Balance::IpHash).then(|| ip_key(src.ip()));
+    let mut tried = Tried::default();
+    for _ in 0..=pool.retries {
+        let i = match pool.pick(&tried, key) {
+            Pick::Healthy(i) => i,
+            Pick::FailOpen(i) => {
+                pool.stats.fail_open.inc();
+                i
+            }
+            Pick::AllDown | Pick::Exhausted => break,
+        };
+        tried.add(i);
+        let b = &pool.backends[i];
+        match crate::upstream::connect_tcp(b.addr, pool.timeouts.connect).await {
+            Ok(s) => {
+                b.state.passive.connected();
+                return Some((b.clone(), s));
+            }
+            Err(e) => {
+                if let Some(d) = b
+                    .state
+                    .passive
+                    .connect_failed(now_ms(), || pool.may_eject())
+                {
+                    tracing::warn!(pool = %pool.name, backend = %b.label, ejected_for = ?d,
+                        "backend ejected after {} connect failures in a row", crate::health::EJECT_AFTER);
+                }
+                b.stats.connect_errors.inc();
+                tracing::debug!(pool = %pool.name, backend = %b.label, error = %e, "connect failed");
+            }
+        }
+    }
+    tracing::warn!(pool = %pool.name, client = %src, "no backend could be reached; closing the client connection");
+    None
+}
+
+/// The `ip_hash` key of a client address (the same as the HTTP path's).
+pub fn ip_key(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(a) => crate::balance::hash(&a.octets()),
+        std::net::IpAddr::V6(a) => crate::balance::hash(&a.octets()),
+    }
+}
+
+/// Counts a relayed connection in `switchyard_tcp_connections_active` until dropped.
+struct Active<'a>(&'a TcpStats);
+
+impl<'a> Active<'a> {
+    fn new(stats: &'a TcpStats) -> Self {
+        stats.active.fetch_add(1, Relaxed);
+        Active(stats)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Why a relay ended without an error.
+#[derive(Debug)]
+enum End {
+    /// Both sides closed.
+    Closed,
+    /// No bytes either way for `timeouts.idle`.
+    Idle,
+    /// The grace time after shutdown or the listener's removal was up.
+    Cut,
+}
+
+/// The byte relay of one connection.
+struct Relay<'a> {
+    stats: &'a TcpStats,
+    idle: Duration,
+    kill: &'a Signal,
+}
+
+impl Relay<'_> {
+    /// Send `first` to the backend, then relay until the connection ends.
+    async fn run(
+        self,
+        mut client: TcpStream,
+        mut backend: TcpStream,
+        first: &[u8],
+    ) -> io::Result<End> {
+        if !first.is_empty() {
+            backend.write_all(first).await?;
+        }
+        // Both directions and the idle watch run in this one task: the atomic is uncontended.
+        let last = AtomicU64::new(now_ms());
+        let (mut cr, mut cw) = client.split();
+        let (mut br, mut bw) = backend.split();
+        let up = pipe(&mut cr, &mut bw, &self.stats.bytes_in, &last);
+        let down = pipe(&mut br, &mut cw, &self.stats.bytes_out, &last);
+        let both = async { tokio::try_join!(up, down).map(|_| End::Closed) };
+        let idle = async {
+            let limit = self.idle.as_millis() as u64;
+            loop {
+                let due = last.load(Relaxed).saturating_add(limit);
+                let now = now_ms();
+                if now >= due {
+                    return End::Idle;
+                }
+                tokio::time::sleep(Duration::from_millis(due - now)).await;
+            }
+        };
+        tokio::select! {
+            r = both => r,
+            end = idle => Ok(end),
+            _ = self.kill.fired() => Ok(End::Cut),
+        }
+    }
+}
+
+/// Copy `from` to `to` until `from` ends, then shut `to`'s write side (the half-close
+/// passed on). Every chunk is counted in `bytes` and stamps `last`.
+async fn pipe<R, W>(from: &mut R, to: &mut W, bytes: &Count, last: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; FIRST_BUF];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        last.store(now_ms(), Relaxed);
+        to.write_all(&buf[..n]).await?;
+        last.store(now_ms(), Relaxed);
+        bytes.add(n as u64);
+        if n == buf.len() && buf.len() < MAX_BUF {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
