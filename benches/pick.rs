@@ -54,6 +54,7 @@ fn conn(peer: IpAddr) -> ConnInfo {
         listener: "http".into(),
         redirect_https: None,
         peer: SocketAddr::new(peer, 40000),
+        local: SocketAddr::from(([127, 0, 0, 1], 8080)),
         tls: None,
         clock: Arc::default(),
         client_ip: HeaderValue::from_str(&peer.to_string()).expect("an IP is a header value"),

@@ -240,10 +240,24 @@ fn summary(path: &Path, c: &Config) -> String {
     let mut s = format!("{}: ok\n", path.display());
     s += &format!("listeners ({}):\n", c.listeners.len());
     for l in &c.listeners {
-        let extra = l
+        let mut extra = l
             .redirect_https
             .map(|p| format!("  (redirects to https port {p})"))
             .unwrap_or_default();
+        if l.accept_proxy {
+            extra += "  (PROXY protocol header required)";
+        }
+        if let Some(t) = &l.tcp {
+            let mut to = c.pools[t.pool].name.to_string();
+            for (sni, p) in &t.sni_routes {
+                to = format!("{sni} -> {}; {to}", c.pools[*p].name);
+            }
+            if let Some(v) = t.proxy_protocol {
+                extra += &format!("  (sends PROXY protocol {})", v.as_str());
+            }
+            s += &format!("  {:<12} tcp://{} -> {to}{extra}\n", l.name, l.bind);
+            continue;
+        }
         match &l.tls {
             Some(certs) => {
                 let names: Vec<String> =
@@ -303,13 +317,25 @@ fn summary(path: &Path, c: &Config) -> String {
         if let Some(n) = p.eject_on_5xx {
             health += &format!(", ejects after {n} 5xx");
         }
+        let tcp = c.listeners.iter().filter_map(|l| l.tcp.as_ref()).any(|t| {
+            c.pools[t.pool].name == p.name
+                || t.sni_routes.iter().any(|(_, i)| c.pools[*i].name == p.name)
+        });
+        let wait = if tcp {
+            format!("idle {}", humantime::format_duration(p.timeouts.idle))
+        } else {
+            format!("response {:?}", p.timeouts.response)
+        };
+        let proto = if tcp { "tcp" } else { proto };
+        if let Some(v) = p.proxy_protocol {
+            health += &format!(", sends PROXY protocol {}", v.as_str());
+        }
         s += &format!(
-            "  {:<12} {proto}, {}, retries {}, connect {:?}, response {:?}{health}: {}\n",
+            "  {:<12} {proto}, {}, retries {}, connect {:?}, {wait}{health}: {}\n",
             p.name,
             p.balance.as_str(),
             p.retries,
             p.timeouts.connect,
-            p.timeouts.response,
             backends.join(", ")
         );
     }

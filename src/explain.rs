@@ -134,6 +134,7 @@ pub fn explain(
         listener: listener.name.clone(),
         redirect_https: listener.redirect_https,
         peer: SocketAddr::new(ask.client, 0),
+        local: listener.bind,
         tls,
         clock: Arc::default(),
         client_ip: HeaderValue::from_str(&ask.client.to_string())

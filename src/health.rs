@@ -328,7 +328,7 @@ async fn run(target: Target, state: Arc<BackendState>, stop: CancellationToken) 
 
 /// One check: what passed (`status 200`, `connected`), or why it failed.
 async fn probe(t: &Target) -> Result<String, String> {
-    let io = upstream::connect(t.addr, &t.server_name, &t.connector)
+    let io = upstream::connect(t.addr, &t.server_name, &t.connector, None)
         .await
         .map_err(|e| connect_reason(&e))?;
     if t.check.kind == CheckKind::Tcp {

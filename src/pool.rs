@@ -240,6 +240,7 @@ impl Pool {
             h2,
             tls,
             timeout: cfg.timeouts.connect,
+            proxy: cfg.proxy_protocol,
         };
         let sticky = cfg
             .sticky

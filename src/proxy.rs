@@ -41,7 +41,10 @@ pub struct Proxy {
 pub struct ConnInfo {
     pub listener: Arc<str>,
     pub redirect_https: Option<u16>,
+    /// The client: the TCP peer, or what its PROXY header said (`accept_proxy`).
     pub peer: SocketAddr,
+    /// Where the client connected to: this listener, or what its PROXY header said.
+    pub local: SocketAddr,
     pub tls: Option<TlsInfo>,
     pub clock: Arc<ConnClock>,
     /// The peer's IP, ready for `X-Forwarded-For`.
@@ -242,6 +245,7 @@ mod tests {
             listener: "web".into(),
             redirect_https: None,
             peer,
+            local: peer,
             tls: None,
             clock: Arc::default(),
             client_ip: HeaderValue::from_static("127.0.0.1"),

@@ -38,6 +38,16 @@ pub enum Version {
     V2,
 }
 
+impl Version {
+    /// The name used in `routes.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+}
+
 /// What a PROXY header said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Header {
@@ -118,6 +128,20 @@ pub fn encode(version: Version, src: SocketAddr, dst: SocketAddr, out: &mut Vec<
             }
             out.extend_from_slice(&sport.to_be_bytes());
             out.extend_from_slice(&dport.to_be_bytes());
+        }
+    }
+}
+
+/// Append a header that names no client (v1 `UNKNOWN`, v2 `LOCAL`): what the proxy's own
+/// connections (health checks) send to a backend that requires a header.
+pub fn encode_local(version: Version, out: &mut Vec<u8>) {
+    match version {
+        Version::V1 => out.extend_from_slice(b"PROXY UNKNOWN\r\n"),
+        Version::V2 => {
+            out.extend_from_slice(&V2_SIG);
+            out.push(0x20); // version 2, LOCAL
+            out.push(0x00); // AF_UNSPEC
+            out.extend_from_slice(&0u16.to_be_bytes());
         }
     }
 }
@@ -455,6 +479,19 @@ pub async fn read(tcp: &mut TcpStream) -> Result<Header, ReadError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn local_headers_parse_as_local() {
+        for v in [super::Version::V1, super::Version::V2] {
+            let mut out = Vec::new();
+            super::encode_local(v, &mut out);
+            assert_eq!(
+                super::parse(&out),
+                Ok(Some((super::Header::Local, out.len()))),
+                "{v:?}"
+            );
+        }
+    }
+
     use super::*;
     use std::net::{SocketAddrV4, SocketAddrV6};
     use std::time::Duration;

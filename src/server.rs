@@ -749,16 +749,16 @@ impl Conn {
         if self.listener.tcp.is_some() {
             return tcp::serve(&self, tcp, client).await;
         }
-        let peer = client.src;
         let Some(acceptor) = tls else {
             let h2 = match tokio::time::timeout(head, sniff_h2(&tcp)).await {
                 Ok(Ok(h2)) => h2,
                 _ => return,
             };
-            return self.serve_http(tcp, peer, h2, None).await;
+            return self.serve_http(tcp, &client, h2, None).await;
         };
         // The handshake shares the head's deadline: a client that stalls it is a slowloris.
-        let stream = match tokio::time::timeout(head, self.handshake(acceptor, tcp, peer)).await {
+        let stream = match tokio::time::timeout(head, self.handshake(acceptor, tcp, &client)).await
+        {
             Ok(Some(s)) => s,
             Ok(None) | Err(_) => {
                 self.stats
@@ -782,7 +782,7 @@ impl Conn {
             sni,
             certs,
         };
-        self.serve_http(stream, peer, h2, Some(info)).await
+        self.serve_http(stream, &client, h2, Some(info)).await
     }
 
     /// The TLS handshake; None (logged) when it fails. Plain HTTP gets a short 400 first.
@@ -790,7 +790,7 @@ impl Conn {
         &self,
         acceptor: TlsAcceptor,
         mut tcp: TcpStream,
-        peer: SocketAddr,
+        client: &tcp::Client,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
         let mut first = [0u8; 1];
         if tcp.peek(&mut first).await.ok()? == 0 {
@@ -800,7 +800,7 @@ impl Conn {
         if first[0] != 22 {
             if first[0].is_ascii_uppercase() {
                 // An HTTP request: answered (and logged) like any other refused one.
-                let info = self.info(peer, None, false);
+                let info = self.info(client, None, false);
                 let mut record = Record::start(&info);
                 let resp = proxy::fail(ProxyError::PlainHttpOnTls, &mut record);
                 let to = h1::write::To {
@@ -829,8 +829,10 @@ impl Conn {
     }
 
     /// What requests on a connection from `peer` know about it.
-    fn info(&self, peer: SocketAddr, tls: Option<TlsInfo>, h2: bool) -> Arc<ConnInfo> {
+    fn info(&self, client: &tcp::Client, tls: Option<TlsInfo>, h2: bool) -> Arc<ConnInfo> {
+        let peer = client.src;
         Arc::new(ConnInfo {
+            local: client.dst,
             listener: self.listener.name.clone(),
             redirect_https: self.listener.redirect_https,
             peer,
@@ -844,11 +846,11 @@ impl Conn {
         })
     }
 
-    async fn serve_http<T>(&self, io: T, peer: SocketAddr, h2: bool, tls: Option<TlsInfo>)
+    async fn serve_http<T>(&self, io: T, client: &tcp::Client, h2: bool, tls: Option<TlsInfo>)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let info = self.info(peer, tls, h2);
+        let info = self.info(client, tls, h2);
         let clock = info.clock.clone();
         let limits = &self.limits;
         if !h2 {

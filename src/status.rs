@@ -34,7 +34,7 @@ pub fn status(shared: &Shared) -> Value {
                 json!({
                     "pool": pool(t.pool),
                     "sni_routes": t.sni_routes.iter().map(|(s, p)| json!({"sni": s, "pool": pool(*p)})).collect::<Vec<_>>(),
-                    "proxy_protocol": t.proxy_protocol.map(|v| format!("{v:?}").to_lowercase()),
+                    "proxy_protocol": t.proxy_protocol.map(|v| v.as_str()),
                     "active": st.tcp.active.load(std::sync::atomic::Ordering::Relaxed),
                     "bytes_in": st.tcp.bytes_in.get(),
                     "bytes_out": st.tcp.bytes_out.get(),

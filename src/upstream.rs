@@ -43,7 +43,12 @@ pub struct Connector {
     /// TLS client config (ALPN set for the protocol), if the pool uses TLS.
     pub tls: Option<Arc<ClientConfig>>,
     pub timeout: Duration,
+    /// Every new connection starts with a PROXY protocol header (`proxy_protocol`).
+    pub proxy: Option<crate::proxy_protocol::Version>,
 }
+
+/// The addresses a PROXY protocol header names: the client, and where it connected to.
+pub type ClientAddrs = (SocketAddr, SocketAddr);
 
 /// Idle pools per backend: one per worker runtime (modulo this), so a worker reuses the
 /// connections its own runtime drives instead of waking another thread for each request.
@@ -110,16 +115,23 @@ pub struct Endpoint {
 impl Endpoint {
     /// An HTTP/1.1 connection, pooled or new, and whether it was pooled (a failure on it
     /// may only mean the backend had closed it).
+    /// With `proxy_protocol`, a connection names one client, so it is new for each
+    /// request of `client` and never pooled.
     pub async fn h1(
         &self,
         addr: SocketAddr,
         name: &ServerName<'static>,
         how: &Connector,
+        client: ClientAddrs,
     ) -> Result<(Box<h1::Conn>, bool), ConnectError> {
+        if how.proxy.is_some() {
+            let io = connect(addr, name, how, Some(client)).await?;
+            return Ok((Box::new(h1::Conn::private(io)), false));
+        }
         if let Some(c) = self.idle.take(|c| c.is_open()) {
             return Ok((c, true));
         }
-        let io = connect(addr, name, how).await?;
+        let io = connect(addr, name, how, None).await?;
         Ok((Box::new(h1::Conn::new(io)), false))
     }
 
@@ -149,17 +161,35 @@ impl Endpoint {
 
     /// Return an HTTP/1.1 connection after a complete exchange.
     fn checkin(&self, c: Box<h1::Conn>) {
+        if c.is_private() {
+            return;
+        }
         self.idle.put(c);
     }
 }
 
 /// A new connection to `addr`, TLS when the pool says so (ALPN as its protocol wants).
+/// With `proxy_protocol`, its header comes first (under any TLS), naming `client`, or no
+/// one (`LOCAL`) for the proxy's own connections.
 pub async fn connect(
     addr: SocketAddr,
     name: &ServerName<'static>,
     how: &Connector,
+    client: Option<ClientAddrs>,
 ) -> Result<h1::Io, ConnectError> {
-    let tcp = connect_tcp(addr, how.timeout).await?;
+    let mut tcp = connect_tcp(addr, how.timeout).await?;
+    if let Some(v) = how.proxy {
+        let mut header = Vec::with_capacity(64);
+        match client {
+            Some((src, dst)) => crate::proxy_protocol::encode(v, src, dst, &mut header),
+            None => crate::proxy_protocol::encode_local(v, &mut header),
+        }
+        use tokio::io::AsyncWriteExt;
+        tokio::time::timeout(how.timeout, tcp.write_all(&header))
+            .await
+            .map_err(|_| ConnectError::Timeout(how.timeout))?
+            .map_err(ConnectError::Io)?;
+    }
     Ok(match &how.tls {
         None => h1::Io::Tcp(tcp),
         Some(cfg) => h1::Io::Tls(Box::new(tls(tcp, name, cfg, how.timeout).await?)),

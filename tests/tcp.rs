@@ -583,6 +583,10 @@ fn what_makes_no_sense_on_a_tcp_listener_is_a_config_error() {
             "listeners: [{name: l, bind: \"127.0.0.1:0\", mode: tcp, pool: g, proxy_protocol: v3}]\npools: {g: {backends: [{addr: \"127.0.0.1:1\"}]}}",
             "unknown variant `v3`",
         ),
+        (
+            "listeners: [{name: l, bind: \"127.0.0.1:0\"}]\npools: {g: {protocol: h2, proxy_protocol: v1, backends: [{addr: \"127.0.0.1:1\"}]}}\nroutes: [{name: r, match: {prefix: /}, pool: g}]",
+            "`proxy_protocol` cannot go with `protocol: h2`",
+        ),
     ];
     for (yaml, want) in cases {
         let got = errors(yaml);
@@ -817,4 +821,158 @@ routes: [{{name: users, match: {{prefix: /api/users}}, pool: user}}]
     )
     .await;
     assert_eq!(direct, "");
+}
+
+/// An HTTP/1.1 backend that requires a PROXY header on every connection and answers each
+/// request with the client that header named (`LOCAL` for the proxy's own checks); counts
+/// connections.
+async fn proxy_protocol_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let who = match proxy_protocol::read(&mut tcp).await {
+                    Ok(Header::Proxied { src, .. }) => src.to_string(),
+                    Ok(Header::Local) => "local".to_string(),
+                    Err(_) => return,
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    let who = who.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder().body(full(who)).unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn an_http_pool_with_proxy_protocol_names_each_client_on_a_connection_of_its_own() {
+    let (b, conns) = proxy_protocol_backend().await;
+    let yaml = r#"
+access_log: off
+listeners: [{name: web, bind: "{listen}"}]
+pools:
+  p:
+    proxy_protocol: v2
+    health_check: {path: /healthz, interval: 200ms, timeout: 200ms, unhealthy_threshold: 1, healthy_threshold: 1}
+    backends: [{addr: "{b}"}]
+routes: [{name: all, match: {prefix: /}, pool: p}]
+"#;
+    let p = Proxy::start(yaml, &[("b", b)]).await;
+    // The checks pass with a LOCAL header.
+    eventually(Duration::from_secs(5), || async {
+        conns.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(p.shared.load().pools[0].backends[0].up());
+    for from in [[127, 0, 0, 3], [127, 0, 0, 4]] {
+        let mut s = connect_from(from, p.addr).await;
+        let me = s.local_addr().unwrap();
+        let before = conns.load(Ordering::SeqCst);
+        for _ in 0..2 {
+            s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            let body = me.to_string();
+            while !got.ends_with(body.as_bytes()) {
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                    .await
+                    .expect("a response")
+                    .unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 200"));
+        }
+        // Each request had a connection of its own (checks may add more).
+        assert!(conns.load(Ordering::SeqCst) >= before + 2);
+    }
+    assert!(p.shared.load().pools[0].backends[0].up());
+}
+
+#[tokio::test]
+async fn accept_proxy_works_before_tls_and_before_h2c() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::Ca::new();
+    let leaf = ca.leaf(dir.path(), "site", &["site.test"]);
+    let echo = Backend::echo("web").await;
+    let yaml = format!(
+        r#"
+access_log: off
+listeners:
+  - {{name: tls, bind: "{{listen}}", accept_proxy: true, tls: {{certificates: [{{cert: "{}", key: "{}"}}]}}}}
+  - {{name: plain, bind: "{{listen2}}", accept_proxy: true}}
+pools: {{p: {{backends: [{{addr: "{{b}}"}}]}}}}
+routes: [{{name: all, match: {{prefix: /}}, pool: p}}]
+"#,
+        leaf.cert.display(),
+        leaf.key.display()
+    );
+    let p = Proxy::start(&yaml, &[("b", echo.addr)]).await;
+    let forwarded_for = |got: Got| got.json()["headers"]["x-forwarded-for"].clone();
+    // TLS after the header, HTTP/1.1 and HTTP/2 by ALPN.
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut tcp = TcpStream::connect(p.addrs["tls"]).await.unwrap();
+        tcp.write_all(&v1_from("203.0.113.20:1000", p.addrs["tls"]))
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(ca.client(&[alpn]))
+            .connect("site.test".try_into().unwrap(), tcp)
+            .await
+            .expect("TLS after the PROXY header");
+        let req = || {
+            http::Request::get("https://site.test/x")
+                .header("host", "site.test")
+                .body(full(""))
+                .unwrap()
+        };
+        let got = if alpn == b"h2" {
+            collect(h2_over(tls).await.send_request(req()).await.unwrap()).await
+        } else {
+            collect(h1_over(tls).await.send_request(req()).await.unwrap()).await
+        };
+        assert_eq!(got.status, 200);
+        assert_eq!(forwarded_for(got), "203.0.113.20");
+    }
+    // h2c with prior knowledge after the header.
+    let mut tcp = TcpStream::connect(p.addrs["plain"]).await.unwrap();
+    let mut hdr = Vec::new();
+    proxy_protocol::encode(
+        proxy_protocol::Version::V2,
+        "[2001:db8::7]:1000".parse().unwrap(),
+        "[2001:db8::1]:80".parse().unwrap(),
+        &mut hdr,
+    );
+    tcp.write_all(&hdr).await.unwrap();
+    let mut h2 = h2_over(tcp).await;
+    let got = collect(
+        h2.send_request(
+            http::Request::get("http://site.test/x")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(forwarded_for(got), "2001:db8::7");
 }

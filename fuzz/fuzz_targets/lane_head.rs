@@ -35,6 +35,7 @@ static CONN: LazyLock<ConnInfo> = LazyLock::new(|| ConnInfo {
     listener: "web".into(),
     redirect_https: None,
     peer: "127.0.0.1:1".parse().expect("addr"),
+    local: "127.0.0.1:8080".parse().expect("addr"),
     tls: None,
     clock: Arc::default(),
     client_ip: http::HeaderValue::from_static("127.0.0.1"),

@@ -691,6 +691,12 @@ impl Check<'_> {
                 ),
             );
         }
+        if p.proxy_protocol.is_some() && p.protocol == Some(raw::Protocol::H2) {
+            self.error(
+                self.spans.key(&format!("{path}.proxy_protocol")),
+                "`proxy_protocol` cannot go with `protocol: h2`: a PROXY header names one client per connection, and one HTTP/2 connection carries every client's requests",
+            );
+        }
         Pool {
             name: name.into(),
             balance,

@@ -40,6 +40,8 @@ pub enum Outbound<'a> {
         chunked: bool,
         method: &'a Method,
         upgrade: Option<&'a [u8]>,
+        /// Who the request is for, for a `proxy_protocol` pool's header.
+        client: crate::upstream::ClientAddrs,
     },
     /// To an HTTP/2 backend, through hyper's client. Boxed: the common HTTP/1.1 case
     /// should not move a request head around for nothing.
@@ -163,11 +165,12 @@ pub async fn forward(
                 chunked,
                 method,
                 upgrade,
+                client,
             } => {
                 let connect =
                     state
                         .endpoint
-                        .h1(backend.addr, &backend.server_name, &pool.connector);
+                        .h1(backend.addr, &backend.server_name, &pool.connector, *client);
                 let Some((mut conn, reused)) = attempts.connect(i, connect).await? else {
                     continue;
                 };

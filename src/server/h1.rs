@@ -377,6 +377,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn<T> {
                 chunked: fwd.chunked,
                 method: &fwd.method,
                 upgrade: fwd.upgrade.as_deref(),
+                client: (self.info.peer, self.info.local),
             };
             let answer = forward::forward(pool, fwd.backend, fwd.key, out, wait, record).await;
             let (left, limit) = client.state();

@@ -136,6 +136,7 @@ async fn try_serve(
             chunked,
             method: &parts.method,
             upgrade: None,
+            client: (info.peer, info.local),
         };
         forward::forward(pool, d.choice.backend, d.choice.key, out, wait, record).await?
     };

@@ -56,6 +56,8 @@ pub struct Conn {
     fields: Vec<Field>,
     /// Chunk headers of a streamed request body.
     scratch: Vec<u8>,
+    /// It began with a PROXY header naming one client: never reused for another.
+    private: bool,
 }
 
 /// One exchange's request and how to treat its response.
@@ -114,7 +116,21 @@ impl Conn {
             buf: BytesMut::new(),
             fields: Vec::new(),
             scratch: Vec::new(),
+            private: false,
         }
+    }
+
+    /// A connection for one client's request only (it named the client in a PROXY header).
+    pub fn private(io: Io) -> Conn {
+        Conn {
+            private: true,
+            ..Conn::new(io)
+        }
+    }
+
+    /// Whether it may serve only the request it was made for.
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 
     /// Whether an idle connection still looks open: not closed by the backend, and nothing
