@@ -976,3 +976,48 @@ routes: [{{name: all, match: {{prefix: /}}, pool: p}}]
     assert_eq!(got.status, 200);
     assert_eq!(forwarded_for(got), "2001:db8::7");
 }
+
+#[tokio::test]
+async fn a_reload_that_removes_a_tcp_listener_drains_it_and_one_that_keeps_it_keeps_its_connections()
+ {
+    let a = TcpBackend::echo("a").await;
+    let b = TcpBackend::echo("b").await;
+    let yaml = r#"
+access_log: off
+shutdown_timeout: 1s
+listeners:
+  - {name: keep, bind: "{listen}", mode: tcp, pool: game}
+  - {name: gone, bind: "{listen2}", mode: tcp, pool: game}
+pools: {game: {backends: [{addr: "{a}"}]}}
+"#;
+    let p = Proxy::start(yaml, &[("a", a.addr)]).await;
+    let (mut kept, _) = greeting(p.addrs["keep"]).await;
+    let (mut going, _) = greeting(p.addrs["gone"]).await;
+    // The pool now points elsewhere and `gone` is removed.
+    let next = r#"
+access_log: off
+shutdown_timeout: 1s
+listeners:
+  - {name: keep, bind: "{listen}", mode: tcp, pool: game}
+pools: {game: {backends: [{addr: "{b}"}]}}
+"#;
+    p.reload(next, &[("b", b.addr)]).await.unwrap();
+    let reloaded = Instant::now();
+    // New connections see the new pool.
+    let (_new, name) = greeting(p.addrs["keep"]).await;
+    assert_eq!(name, "b");
+    // Both old connections still relay to their backend...
+    for s in [&mut kept, &mut going] {
+        s.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+    }
+    // ...and the removed listener's is cut after shutdown_timeout; the kept one is not.
+    assert!(closed_within(&mut going, Duration::from_secs(5)).await);
+    assert!(reloaded.elapsed() >= Duration::from_millis(900));
+    kept.write_all(b"pong").await.unwrap();
+    let mut back = [0u8; 4];
+    kept.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"pong");
+}
