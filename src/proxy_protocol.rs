@@ -355,6 +355,9 @@ fn v6_text_prefix(field: &[u8]) -> bool {
 
 /// [`parse`] for bytes starting with CR. Each byte of the fixed part is judged as soon as
 /// it is here, so garbage is refused without waiting for the length it claims.
+/// The most a v2 header's address block and TLVs may take.
+const V2_MAX_BLOCK: usize = 4096;
+
 fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ParseError> {
     let sig = buf.len().min(V2_SIG.len());
     if buf[..sig] != V2_SIG[..sig] {
@@ -389,6 +392,11 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Header, usize)>, ParseError> {
         return Ok(None);
     };
     let len = usize::from(u16::from_be_bytes([high, low]));
+    // Real senders add a few small TLVs (AWS, GCP, HAProxy: well under 1 KiB); a header
+    // claiming 64 KiB would only make every connection cost that much buffer.
+    if len > V2_MAX_BLOCK {
+        return Err(BadV2("address block and TLVs longer than 4 KiB"));
+    }
     // LOCAL's addresses are to be ignored, so their size is no reason to refuse it.
     if !local && len < needs {
         return Err(BadV2("address block too short for the family"));

@@ -662,6 +662,8 @@ impl Accept {
                 stop: self.run.stop.clone(),
                 kill: self.run.kill.clone(),
                 stats: stats.clone(),
+                needs_local: cfg.tcp.is_some() || snap.sends_proxy_protocol(),
+                tcp: cfg.tcp.is_some().then(|| snap.clone()),
             };
             drop(snap);
             let limit = limit.clone();
@@ -682,6 +684,10 @@ struct Conn {
     stop: Signal,
     kill: Signal,
     stats: Arc<ListenerStats>,
+    /// Some pool sends PROXY headers, which name the address the client connected to.
+    needs_local: bool,
+    /// A tcp listener's: the snapshot it was accepted under (its pool indices).
+    tcp: Option<Arc<Snapshot>>,
 }
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -713,18 +719,25 @@ const H2_STREAM_WINDOW: u32 = 512 * 1024;
 const H2_CONN_WINDOW: u32 = 1024 * 1024;
 
 impl Conn {
-    async fn serve(self, mut tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    async fn serve(mut self, mut tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
         let _ = tcp.set_nodelay(true);
         let _open = Open::new(&self.stats);
         let head = self.limits.client_header_timeout;
+        // Whatever comes before the first request (a PROXY header, a ClientHello, the TLS
+        // handshake) shares one deadline from accept.
+        let deadline = tokio::time::Instant::now() + head;
         let mut client = tcp::Client {
             src: peer,
-            dst: tcp.local_addr().unwrap_or(self.listener.bind),
+            // The configured address is the local one unless it is a wildcard or port 0;
+            // asked of the socket only then, and only when a PROXY header will name it.
+            dst: match self.listener.bind {
+                b if !self.needs_local || (b.port() != 0 && !b.ip().is_unspecified()) => b,
+                b => tcp.local_addr().unwrap_or(b),
+            },
         };
         if self.listener.accept_proxy {
-            // The header shares the head's deadline: a peer that never sends one is cut
-            // like a slow request head.
-            match tokio::time::timeout(head, crate::proxy_protocol::read(&mut tcp)).await {
+            // A peer that never sends one is cut like a slow request head.
+            match tokio::time::timeout_at(deadline, crate::proxy_protocol::read(&mut tcp)).await {
                 Ok(Ok(crate::proxy_protocol::Header::Proxied { src, dst })) => {
                     // A v4 client behind a v6 front tier arrives IPv4-mapped.
                     let canonical =
@@ -746,11 +759,11 @@ impl Conn {
                 }
             }
         }
-        if self.listener.tcp.is_some() {
-            return tcp::serve(&self, tcp, client).await;
+        if let Some(snap) = self.tcp.take() {
+            return tcp::serve(&self, snap, tcp, client, deadline).await;
         }
         let Some(acceptor) = tls else {
-            let h2 = match tokio::time::timeout(head, sniff_h2(&tcp)).await {
+            let h2 = match tokio::time::timeout_at(deadline, sniff_h2(&tcp)).await {
                 Ok(Ok(h2)) => h2,
                 _ => return,
             };

@@ -36,12 +36,20 @@ pub struct Snapshot {
     pub route_stats: Box<[Arc<RouteStats>]>,
     /// The `sni_routes` of tcp listeners that have them, by listener name: pool indices.
     sni: Box<[(Arc<str>, SniTable<usize>)]>,
+    /// Some pool has `proxy_protocol`.
+    proxy_protocol: bool,
 }
 
 impl Snapshot {
     /// The settings of listener `name`.
     pub fn listener(&self, name: &str) -> Option<&Arc<config::Listener>> {
         self.listeners.iter().find(|l| &*l.name == name)
+    }
+
+    /// Whether some pool sends PROXY protocol headers (whose connections need to know
+    /// where their client connected to).
+    pub fn sends_proxy_protocol(&self) -> bool {
+        self.proxy_protocol
     }
 
     /// The SNI routes of tcp listener `name`, if it has any.
@@ -106,6 +114,7 @@ impl Snapshot {
         Snapshot {
             route_stats,
             sni,
+            proxy_protocol: config.pools.iter().any(|p| p.proxy_protocol.is_some()),
             listeners: config.listeners.iter().cloned().map(Arc::new).collect(),
             limits: Arc::new(config.limits.clone()),
             config,

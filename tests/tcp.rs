@@ -507,6 +507,12 @@ async fn tcp_metrics_and_status() {
     let mut back = [0u8; 5];
     s.read_exact(&mut back).await.unwrap();
     let admin = p.admin.unwrap();
+    // The byte counts are added after each write: wait for the echo's.
+    let st = p.shared.listener_stats(&"l4".into());
+    eventually(Duration::from_secs(5), || async {
+        st.tcp.bytes_out.get() == 7
+    })
+    .await;
     let text = get(&format!("http://{admin}/metrics")).await.text();
     let backend = b.addr.to_string();
     for want in [
@@ -586,6 +592,18 @@ fn what_makes_no_sense_on_a_tcp_listener_is_a_config_error() {
         (
             "listeners: [{name: l, bind: \"127.0.0.1:0\"}]\npools: {g: {protocol: h2, proxy_protocol: v1, backends: [{addr: \"127.0.0.1:1\"}]}}\nroutes: [{name: r, match: {prefix: /}, pool: g}]",
             "`proxy_protocol` cannot go with `protocol: h2`",
+        ),
+        (
+            "listeners: [{name: l, bind: \"127.0.0.1:0\", mode: tcp, pool: g, sni_routes: [{sni: 10.0.0.1, pool: g}]}]\npools: {g: {backends: [{addr: \"127.0.0.1:1\"}]}}",
+            "clients send no SNI for an IP address",
+        ),
+        (
+            "listeners: [{name: l, bind: \"127.0.0.1:0\", mode: tcp, pool: g}]\npools: {g: {timeouts: {idle: 500us}, backends: [{addr: \"127.0.0.1:1\"}]}}",
+            "timeouts.idle must be at least 1ms",
+        ),
+        (
+            "listeners: [{name: l, bind: \"127.0.0.1:0\", mode: tcp, pool: g, proxy_protocol: v1}]\npools: {g: {proxy_protocol: v2, backends: [{addr: \"127.0.0.1:1\"}]}}",
+            "listener `l` sends PROXY protocol v1, but its pool `g` says v2",
         ),
     ];
     for (yaml, want) in cases {
@@ -826,24 +844,25 @@ routes: [{{name: users, match: {{prefix: /api/users}}, pool: user}}]
 /// An HTTP/1.1 backend that requires a PROXY header on every connection and answers each
 /// request with the client that header named (`LOCAL` for the proxy's own checks); counts
 /// connections.
-async fn proxy_protocol_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+async fn proxy_protocol_backend() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use hyper_util::rt::TokioIo;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let c = conns.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else {
                 return;
             };
-            c.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
             tokio::spawn(async move {
                 let who = match proxy_protocol::read(&mut tcp).await {
                     Ok(Header::Proxied { src, .. }) => src.to_string(),
                     Ok(Header::Local) => "local".to_string(),
                     Err(_) => return,
                 };
+                c.lock().unwrap().push(who.clone());
                 let svc = hyper::service::service_fn(move |_req| {
                     let who = who.clone();
                     async move {
@@ -875,16 +894,21 @@ pools:
 routes: [{name: all, match: {prefix: /}, pool: p}]
 "#;
     let p = Proxy::start(yaml, &[("b", b)]).await;
-    // The checks pass with a LOCAL header.
-    eventually(Duration::from_secs(5), || async {
-        conns.load(Ordering::SeqCst) >= 1
-    })
-    .await;
+    // The checks pass with a LOCAL header: one that failed would take the backend out
+    // (unhealthy_threshold 1), and this backend answers nothing without a header.
+    let locals = || {
+        conns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| *w == "local")
+            .count()
+    };
+    eventually(Duration::from_secs(5), || async { locals() >= 3 }).await;
     assert!(p.shared.load().pools[0].backends[0].up());
     for from in [[127, 0, 0, 3], [127, 0, 0, 4]] {
         let mut s = connect_from(from, p.addr).await;
         let me = s.local_addr().unwrap();
-        let before = conns.load(Ordering::SeqCst);
         for _ in 0..2 {
             s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
                 .await
@@ -902,8 +926,14 @@ routes: [{name: all, match: {prefix: /}, pool: p}]
             }
             assert!(got.starts_with(b"HTTP/1.1 200"));
         }
-        // Each request had a connection of its own (checks may add more).
-        assert!(conns.load(Ordering::SeqCst) >= before + 2);
+        // Each request had a connection of its own, named for this client.
+        let mine = conns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| **w == me.to_string())
+            .count();
+        assert_eq!(mine, 2, "connections that named {me}");
     }
     assert!(p.shared.load().pools[0].backends[0].up());
 }
@@ -1001,8 +1031,8 @@ listeners:
   - {name: keep, bind: "{listen}", mode: tcp, pool: game}
 pools: {game: {backends: [{addr: "{b}"}]}}
 "#;
-    p.reload(next, &[("b", b.addr)]).await.unwrap();
     let reloaded = Instant::now();
+    p.reload(next, &[("b", b.addr)]).await.unwrap();
     // New connections see the new pool.
     let (_new, name) = greeting(p.addrs["keep"]).await;
     assert_eq!(name, "b");
@@ -1020,4 +1050,53 @@ pools: {game: {backends: [{addr: "{b}"}]}}
     let mut back = [0u8; 4];
     kept.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"pong");
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_first_passes_its_half_close_on_and_still_hears_the_client() {
+    let b = TcpBackend::start("b", Mode::SendThenRead(3)).await;
+    let p = l4(&[b.addr], "", "").await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the backend's EOF comes through")
+        .unwrap();
+    assert_eq!(got, [0, 1, 2]);
+    // The client's direction is still open.
+    s.write_all(b"late words").await.unwrap();
+    s.shutdown().await.unwrap();
+    eventually(Duration::from_secs(5), || async {
+        b.first(0) == b"late words"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_of_a_long_download_is_not_idle() {
+    // 4 MB to a client reading 64 KiB every 40 ms: about 2.5 s, against an idle of 300 ms,
+    // with nothing the other way.
+    let total = 4 * 1024 * 1024;
+    let b = TcpBackend::start("b", Mode::SendThenRead(total)).await;
+    let p = l4(&[b.addr], "timeouts: {idle: 300ms}", "").await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    let start = Instant::now();
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("bytes keep coming")
+            .unwrap();
+        if got == 0 {
+            break;
+        }
+        n += got;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(n, total, "cut after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() > Duration::from_millis(600),
+        "not slow enough to test"
+    );
 }

@@ -445,11 +445,11 @@ impl Check<'_> {
                         && l.bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 });
-            if !valid {
+            if !valid || bare.parse::<std::net::IpAddr>().is_ok() {
                 self.error(
                     self.spans.value(&format!("{rpath}.sni")),
                     format!(
-                        "`{}` is not a server name: a host name, or `*.` and a domain",
+                        "`{}` is not a server name: a host name, or `*.` and a domain (clients send no SNI for an IP address)",
                         r.sni
                     ),
                 );
@@ -469,8 +469,22 @@ impl Check<'_> {
                 sni_routes.push((sni, p));
             }
         }
+        let pool = pool?;
+        if let (Some(mine), Some(theirs)) = (l.proxy_protocol, pools[pool].proxy_protocol)
+            && proxy_version(mine) != theirs
+        {
+            self.error(
+                self.spans.value(&format!("{path}.proxy_protocol")),
+                format!(
+                    "listener `{name}` sends PROXY protocol {}, but its pool `{}` says {}: set one",
+                    proxy_version(mine).as_str(),
+                    pools[pool].name,
+                    theirs.as_str()
+                ),
+            );
+        }
         Some(TcpListen {
-            pool: pool?,
+            pool,
             sni_routes,
             proxy_protocol: l.proxy_protocol.map(proxy_version),
         })
@@ -639,6 +653,12 @@ impl Check<'_> {
                 Duration::from_secs(3600),
             ),
         };
+        if timeouts.idle < Duration::from_millis(1) {
+            self.error(
+                self.spans.value(&format!("{path}.timeouts.idle")),
+                "timeouts.idle must be at least 1ms",
+            );
+        }
         if p.backends.is_empty() {
             self.error(
                 self.spans.key(&path),

@@ -11,12 +11,12 @@
 //! shutdown (or its removal) is up. The open connection is counted on its backend for
 //! its whole life, which is what `least_connections` compares.
 
-use super::{Conn, Signal};
+use super::Conn;
 use crate::clock::now_ms;
 use crate::metrics::series::Count;
-use crate::pool::{Backend, Pick, Tried};
+use crate::pool::{Backend, InFlight, Pick, Tried};
 use crate::proxy_protocol;
-use crate::snapshot::TcpStats;
+use crate::snapshot::{Snapshot, TcpStats};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,22 +39,44 @@ pub(super) struct Client {
     pub dst: SocketAddr,
 }
 
-/// Relay `tcp`, from `client`, to a backend of the listener's pool.
-pub(super) async fn serve(conn: &Conn, mut tcp: TcpStream, client: Client) {
+/// Relay `tcp`, from `client`, to a backend of the listener's pool, as the snapshot it
+/// was accepted under (`snap`) says; `deadline` ends the wait for its ClientHello. The
+/// listener's grace time cuts it at any step.
+pub(super) async fn serve(
+    conn: &Conn,
+    snap: Arc<Snapshot>,
+    tcp: TcpStream,
+    client: Client,
+    deadline: tokio::time::Instant,
+) {
+    tokio::select! {
+        () = relay(conn, snap, tcp, client, deadline) => {}
+        _ = conn.kill.fired() => {}
+    }
+}
+
+async fn relay(
+    conn: &Conn,
+    snap: Arc<Snapshot>,
+    mut tcp: TcpStream,
+    client: Client,
+    deadline: tokio::time::Instant,
+) {
     let name = &conn.listener.name;
-    // The listener as the current snapshot has it: its pool indices are that snapshot's.
-    // A listener a reload is removing keeps serving what it accepted with its last pool.
-    let snap = conn.shared.load();
-    let Some(listen) = snap.listener(name).and_then(|l| l.tcp.clone()) else {
-        tracing::debug!(listener = %name, "tcp listener removed before its connection was served");
+    // The accept-time snapshot: its pool indices are the ones the listener's config names,
+    // even when a reload removed or renamed the listener since.
+    let Some(listen) = snap.listener(name).and_then(|l| l.tcp.as_ref()) else {
         return;
     };
     let mut first = Vec::new();
     let mut pool_index = listen.pool;
     if let Some(table) = snap.sni_table(name) {
         let head = conn.limits.client_header_timeout;
-        let sni = match tokio::time::timeout(head, crate::sni::read_hello(&mut tcp, &mut first))
-            .await
+        let sni = match tokio::time::timeout_at(
+            deadline,
+            crate::sni::read_hello(&mut tcp, &mut first),
+        )
+        .await
         {
             Ok(Ok(sni)) => sni,
             Ok(Err(e)) => {
@@ -71,7 +93,7 @@ pub(super) async fn serve(conn: &Conn, mut tcp: TcpStream, client: Client) {
         }
     }
     let pool = &snap.pools[pool_index];
-    let Some((backend, upstream)) = connect(pool, client.src).await else {
+    let Some((backend, open, upstream)) = connect(pool, client.src).await else {
         return;
     };
     let version = listen
@@ -82,8 +104,7 @@ pub(super) async fn serve(conn: &Conn, mut tcp: TcpStream, client: Client) {
     // The connection holds its backend, not the snapshot: an hour-long connection does
     // not keep every config it lived through.
     drop(snap);
-    let _open = backend.state.start_request();
-    backend.state.touch();
+    let _open = open;
     let stats = &conn.stats.tcp;
     stats.connections.with(
         |(p, b)| *p == pool_name && *b == backend.label,
@@ -91,17 +112,15 @@ pub(super) async fn serve(conn: &Conn, mut tcp: TcpStream, client: Client) {
         Count::inc,
     );
     let _active = Active::new(stats);
+    // The ClientHello came from the client, even though it goes on in one write with ours.
+    stats.bytes_in.add(first.len() as u64);
     if let Some(v) = version {
         let mut header = Vec::with_capacity(108 + first.len());
         proxy_protocol::encode(v, client.src, client.dst, &mut header);
         header.extend_from_slice(&first);
         first = header;
     }
-    let relay = Relay {
-        stats,
-        idle,
-        kill: &conn.kill,
-    };
+    let relay = Relay { stats, idle };
     match relay.run(tcp, upstream, &first).await {
         Ok(end) => {
             tracing::debug!(listener = %name, backend = %backend.label, ?end, "tcp connection done")
@@ -113,8 +132,13 @@ pub(super) async fn serve(conn: &Conn, mut tcp: TcpStream, client: Client) {
 }
 
 /// Connect to a backend of `pool` for a client at `src`: the balancer's pick, then the
-/// next on failure, `retries` more times; `None` (logged) when none could be reached.
-async fn connect(pool: &crate::pool::Pool, src: SocketAddr) -> Option<(Arc<Backend>, TcpStream)> {
+/// next on failure, `retries` more times; `None` when none could be reached. The
+/// connection counts on its backend from the connect on (what `least_connections` reads),
+/// so a burst of new connections spreads instead of piling onto one backend.
+async fn connect(
+    pool: &crate::pool::Pool,
+    src: SocketAddr,
+) -> Option<(Arc<Backend>, InFlight, TcpStream)> {
     let key = (pool.balance == crate::config::Balance::IpHash).then(|| ip_key(src.ip()));
     let mut tried = Tried::default();
     for _ in 0..=pool.retries {
@@ -128,10 +152,12 @@ async fn connect(pool: &crate::pool::Pool, src: SocketAddr) -> Option<(Arc<Backe
         };
         tried.add(i);
         let b = &pool.backends[i];
+        let open = b.state.start_request();
+        b.state.touch();
         match crate::upstream::connect_tcp(b.addr, pool.timeouts.connect).await {
             Ok(s) => {
                 b.state.passive.connected();
-                return Some((b.clone(), s));
+                return Some((b.clone(), open, s));
             }
             Err(e) => {
                 if let Some(d) = b
@@ -147,7 +173,9 @@ async fn connect(pool: &crate::pool::Pool, src: SocketAddr) -> Option<(Arc<Backe
             }
         }
     }
-    tracing::warn!(pool = %pool.name, client = %src, "no backend could be reached; closing the client connection");
+    // Per connection, so at debug: in an outage the ejection warnings and
+    // switchyard_upstream_connect_errors_total say it once.
+    tracing::debug!(pool = %pool.name, client = %src, "no backend could be reached; closing the client connection");
     None
 }
 
@@ -182,15 +210,12 @@ enum End {
     Closed,
     /// No bytes either way for `timeouts.idle`.
     Idle,
-    /// The grace time after shutdown or the listener's removal was up.
-    Cut,
 }
 
 /// The byte relay of one connection.
 struct Relay<'a> {
     stats: &'a TcpStats,
     idle: Duration,
-    kill: &'a Signal,
 }
 
 impl Relay<'_> {
@@ -225,7 +250,6 @@ impl Relay<'_> {
         tokio::select! {
             r = both => r,
             end = idle => Ok(end),
-            _ = self.kill.fired() => Ok(End::Cut),
         }
     }
 }
@@ -237,18 +261,29 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; FIRST_BUF];
+    // Read into spare capacity: a buffer per direction per connection is never zeroed.
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_BUF);
     loop {
-        let n = from.read(&mut buf).await?;
+        buf.clear();
+        let n = from.read_buf(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
         }
         last.store(now_ms(), Relaxed);
-        to.write_all(&buf[..n]).await?;
-        last.store(now_ms(), Relaxed);
+        // Each partial write is traffic: a slow reader taking a big chunk bit by bit is
+        // not idle.
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            let w = to.write(rest).await?;
+            if w == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            rest = &rest[w..];
+            last.store(now_ms(), Relaxed);
+        }
         bytes.add(n as u64);
-        if n == buf.len() && buf.len() < MAX_BUF {
-            buf.resize(buf.len() * 2, 0);
+        if n == buf.capacity() && n < MAX_BUF {
+            buf = Vec::with_capacity((2 * n).min(MAX_BUF));
         }
     }
 }

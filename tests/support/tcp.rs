@@ -15,6 +15,9 @@ pub enum Mode {
     /// Read until EOF, then write `NAME got N bytes` and close: answers only after the
     /// client's half-close came through.
     CountThenReply,
+    /// Write this many bytes and shut the write side at once (the backend half-closes
+    /// first), then read (and record) what the client sends until EOF.
+    SendThenRead(usize),
 }
 
 /// A TCP backend on 127.0.0.1:0 that counts and records its connections.
@@ -99,6 +102,11 @@ async fn serve(
     if mode == Mode::Echo {
         s.write_all(format!("{name}\n").as_bytes()).await?;
     }
+    if let Mode::SendThenRead(n) = mode {
+        let block: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        s.write_all(&block).await?;
+        s.shutdown().await?;
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0usize;
     loop {
@@ -117,11 +125,15 @@ async fn serve(
             s.write_all(&buf[..n]).await?;
         }
     }
-    if mode == Mode::CountThenReply {
-        s.write_all(format!("{name} got {total} bytes").as_bytes())
-            .await?;
+    match mode {
+        Mode::CountThenReply => {
+            s.write_all(format!("{name} got {total} bytes").as_bytes())
+                .await?;
+            s.shutdown().await
+        }
+        Mode::SendThenRead(_) => Ok(()),
+        Mode::Echo => s.shutdown().await,
     }
-    s.shutdown().await
 }
 
 /// A client connection to `addr` from the loopback address `from` (another 127.x source
