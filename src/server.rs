@@ -570,6 +570,15 @@ impl Worker {
     /// connections to finish (their listeners cut them after the grace time).
     async fn serve(self, mut sockets: mpsc::UnboundedReceiver<Socket>) {
         upstream::set_worker(self.index);
+        // A timer always due within a second: a connection's connect or idle timer is
+        // then never the runtime's earliest, and setting one does not wake the driver
+        // through its eventfd (a write, an epoll wake-up and a read per connection).
+        let tick = tokio::spawn(async {
+            let mut t = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                t.tick().await;
+            }
+        });
         let conns = TaskTracker::new();
         let mut accepts = Vec::new();
         loop {
@@ -593,6 +602,7 @@ impl Worker {
         }
         conns.close();
         conns.wait().await;
+        tick.abort();
     }
 }
 

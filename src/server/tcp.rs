@@ -20,7 +20,7 @@ use crate::snapshot::{Snapshot, TcpStats};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -233,8 +233,9 @@ impl Relay<'_> {
         let last = AtomicU64::new(now_ms());
         let (mut cr, mut cw) = client.split();
         let (mut br, mut bw) = backend.split();
-        let up = pipe(&mut cr, &mut bw, &self.stats.bytes_in, &last);
-        let down = pipe(&mut br, &mut cw, &self.stats.bytes_out, &last);
+        let done = AtomicBool::new(false);
+        let up = pipe(&mut cr, &mut bw, &self.stats.bytes_in, &last, &done);
+        let down = pipe(&mut br, &mut cw, &self.stats.bytes_out, &last, &done);
         let both = async { tokio::try_join!(up, down).map(|_| End::Closed) };
         let idle = async {
             let limit = self.idle.as_millis() as u64;
@@ -255,8 +256,16 @@ impl Relay<'_> {
 }
 
 /// Copy `from` to `to` until `from` ends, then shut `to`'s write side (the half-close
-/// passed on). Every chunk is counted in `bytes` and stamps `last`.
-async fn pipe<R, W>(from: &mut R, to: &mut W, bytes: &Count, last: &AtomicU64) -> io::Result<()>
+/// passed on), unless the other direction has already ended (`done`): then both sockets
+/// are about to close, and the close sends the FIN without a system call of its own.
+/// Every chunk is counted in `bytes` and stamps `last`.
+async fn pipe<R, W>(
+    from: &mut R,
+    to: &mut W,
+    bytes: &Count,
+    last: &AtomicU64,
+    done: &AtomicBool,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -267,6 +276,9 @@ where
         buf.clear();
         let n = from.read_buf(&mut buf).await?;
         if n == 0 {
+            if done.swap(true, Relaxed) {
+                return Ok(());
+            }
             return to.shutdown().await;
         }
         last.store(now_ms(), Relaxed);
