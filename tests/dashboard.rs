@@ -1,6 +1,6 @@
 //! The admin page at `/`, in a real headless Chromium (Debian's `chromium`; `.ci/run`
 //! installs it): the DOM after its scripts ran shows the configured names and a count
-//! that rises with traffic, and a screenshot of it is not blank.
+//! that rises with traffic, a tcp listener's relays, and a screenshot of it is not blank.
 mod support;
 
 use std::path::Path;
@@ -8,11 +8,12 @@ use std::time::Duration;
 use support::*;
 
 const YAML: &str = r#"
-listeners: [{name: web, bind: "{listen}"}]
+listeners: [{name: web, bind: "{listen}"}, {name: edge, bind: "{listen2}", mode: tcp, pool: game}]
 admin: {bind: "{admin}"}
 access_log: off
 pools:
   shop: {sticky: {cookie: sy}, backends: [{addr: "{a}"}, {addr: "{b}", drain: true}]}
+  game: {backends: [{addr: "{a}"}]}
 routes: [{name: storefront, match: {prefix: /api}, pool: shop}]
 "#;
 
@@ -82,6 +83,13 @@ async fn the_dashboard_shows_the_config_and_counts_that_rise_with_traffic() {
     for _ in 0..3 {
         assert_eq!(get(&p.url("/api/x")).await.status, 200);
     }
+    // A connection held open through the tcp listener, relayed when the page is read.
+    let _relayed = tokio::net::TcpStream::connect(p.addrs["edge"]).await.unwrap();
+    let st = p.shared.listener_stats(&"edge".into());
+    eventually(Duration::from_secs(5), || async {
+        st.tcp.active.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
     let profile = tempfile::tempdir().unwrap();
     let dir = profile.path().to_path_buf();
     let first = tokio::task::spawn_blocking({
@@ -100,6 +108,14 @@ async fn the_dashboard_shows_the_config_and_counts_that_rise_with_traffic() {
         assert!(first.contains(name), "{name} not on the page:\n{first}");
     }
     assert!(first.contains("draining"), "the draining backend says so");
+    let tcp_row = first
+        .split("data-tcp=\"edge\"")
+        .nth(1)
+        .expect("a TCP relays row for the tcp listener");
+    assert!(
+        tcp_row.contains(&format!("game/{} 1", a.addr)),
+        "its connection by backend: {tcp_row}"
+    );
     let before = route_requests(&first, "storefront").expect("a request count for the route");
     assert!(before >= 3, "{before}");
 
