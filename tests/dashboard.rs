@@ -84,7 +84,9 @@ async fn the_dashboard_shows_the_config_and_counts_that_rise_with_traffic() {
         assert_eq!(get(&p.url("/api/x")).await.status, 200);
     }
     // A connection held open through the tcp listener, relayed when the page is read.
-    let _relayed = tokio::net::TcpStream::connect(p.addrs["edge"]).await.unwrap();
+    let _relayed = tokio::net::TcpStream::connect(p.addrs["edge"])
+        .await
+        .unwrap();
     let st = p.shared.listener_stats(&"edge".into());
     eventually(Duration::from_secs(5), || async {
         st.tcp.active.load(std::sync::atomic::Ordering::Relaxed) == 1
