@@ -780,8 +780,8 @@ impl Conn {
             return self.serve_http(tcp, &client, h2, None).await;
         };
         // The handshake shares the head's deadline: a client that stalls it is a slowloris.
-        let stream = match tokio::time::timeout(head, self.handshake(acceptor, tcp, &client)).await
-        {
+        let handshake = self.handshake(acceptor, tcp, &client);
+        let stream = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Some(s)) => s,
             Ok(None) | Err(_) => {
                 self.stats

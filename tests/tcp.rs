@@ -1100,3 +1100,30 @@ async fn a_slow_reader_of_a_long_download_is_not_idle() {
         "not slow enough to test"
     );
 }
+
+#[tokio::test]
+async fn the_proxy_header_and_what_follows_share_one_head_deadline() {
+    let echo = Backend::echo("web").await;
+    let yaml = r#"
+access_log: off
+limits: {client_header_timeout: 1s}
+listeners: [{name: web, bind: "{listen}", accept_proxy: true}]
+pools: {p: {backends: [{addr: "{b}"}]}}
+routes: [{name: all, match: {prefix: /}, pool: p}]
+"#;
+    let p = Proxy::start(yaml, &[("b", echo.addr)]).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let start = Instant::now();
+    // The header late but in time, then silence: the cut comes 1 s after the accept, not
+    // 1 s after the header.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(&v1_from("198.51.100.5:5", p.addr))
+        .await
+        .unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "cut after {took:?}: the deadlines were stacked"
+    );
+}
