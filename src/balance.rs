@@ -392,6 +392,14 @@ impl Ring {
     }
 }
 
+/// The `ip_hash` key of a client address (HTTP requests and tcp connections alike).
+pub fn ip_hash(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(a) => hash(&a.octets()),
+        std::net::IpAddr::V6(a) => hash(&a.octets()),
+    }
+}
+
 /// A stable 64-bit hash of `bytes` (FNV-1a, then [`mix`]): the same in every process and
 /// build, which a fleet sharing a ring needs, and which std's hashers do not promise.
 pub fn hash(bytes: &[u8]) -> u64 {

@@ -622,9 +622,12 @@ impl Accept {
         let mut tls: Option<(bool, TlsAcceptor)> = None;
         let mut stats = self.shared.listener_stats(&name);
         let limit = self.run.limit.clone();
-        let Some(mut last) = self.shared.load().listener(&name).cloned() else {
+        let start = self.shared.load();
+        let Some(mut last) = start.listener(&name).cloned() else {
             return;
         };
+        // A tcp listener's pool indices are those of the snapshot its settings came from.
+        let mut last_snap = last.tcp.is_some().then_some(start);
         loop {
             // Above max_connections, connections wait in the kernel's backlog, unaccepted.
             tokio::select! {
@@ -646,6 +649,7 @@ impl Accept {
             let snap = self.shared.load();
             if let Some(c) = snap.listener(&name) {
                 last = c.clone();
+                last_snap = c.tcp.is_some().then(|| snap.clone());
             }
             let cfg = &last;
             let acceptor = match &cfg.tls {
@@ -673,7 +677,7 @@ impl Accept {
                 kill: self.run.kill.clone(),
                 stats: stats.clone(),
                 needs_local: cfg.tcp.is_some() || snap.sends_proxy_protocol(),
-                tcp: cfg.tcp.is_some().then(|| snap.clone()),
+                tcp: last_snap.clone(),
             };
             drop(snap);
             let limit = limit.clone();
@@ -696,7 +700,7 @@ struct Conn {
     stats: Arc<ListenerStats>,
     /// Some pool sends PROXY headers, which name the address the client connected to.
     needs_local: bool,
-    /// A tcp listener's: the snapshot it was accepted under (its pool indices).
+    /// A tcp listener's: the snapshot its settings came from (their pool indices).
     tcp: Option<Arc<Snapshot>>,
 }
 

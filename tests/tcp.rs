@@ -318,7 +318,7 @@ async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
 }
 
 #[tokio::test]
-async fn max_connections_holds_further_connections_until_one_closes() {
+async fn max_connections_holds_further_connections_until_one_closes_across_workers() {
     let b = TcpBackend::echo("a").await;
     let yaml = r#"
 access_log: off
@@ -326,7 +326,8 @@ limits: {max_connections: 2}
 listeners: [{name: l4, bind: "{listen}", mode: tcp, pool: game}]
 pools: {game: {backends: [{addr: "{b}"}]}}
 "#;
-    let p = Proxy::start(yaml, &[("b", b.addr)]).await;
+    // Two workers: the limit is the listener's, across both.
+    let p = Proxy::start_workers(yaml, &[("b", b.addr)], 2).await;
     let (one, _) = greeting(p.addr).await;
     let (_two, _) = greeting(p.addr).await;
     let mut third = TcpStream::connect(p.addr).await.unwrap();
@@ -909,10 +910,14 @@ routes: [{name: all, match: {prefix: /}, pool: p}]
     for from in [[127, 0, 0, 3], [127, 0, 0, 4]] {
         let mut s = connect_from(from, p.addr).await;
         let me = s.local_addr().unwrap();
-        for _ in 0..2 {
-            s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
-                .await
-                .unwrap();
+        // Every HTTP/1.1 request shape: bodiless, Content-Length and chunked bodies.
+        let shapes: [&[u8]; 3] = [
+            b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
+            b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ];
+        for req in shapes {
+            s.write_all(req).await.unwrap();
             let mut buf = vec![0u8; 4096];
             let mut got = Vec::new();
             let body = me.to_string();
@@ -933,8 +938,23 @@ routes: [{name: all, match: {prefix: /}, pool: p}]
             .iter()
             .filter(|w| **w == me.to_string())
             .count();
-        assert_eq!(mine, 2, "connections that named {me}");
+        assert_eq!(mine, 3, "connections that named {me}");
     }
+    // HTTP/2 from the client (h2c): each stream's request, too.
+    let tcp = connect_from([127, 0, 0, 5], p.addr).await;
+    let me = tcp.local_addr().unwrap().to_string();
+    let mut h2 = h2_over(tcp).await;
+    for _ in 0..2 {
+        let got = collect(
+            h2.send_request(http::Request::get("http://x/a").body(full("")).unwrap())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.text(), me);
+    }
+    let mine = conns.lock().unwrap().iter().filter(|w| **w == me).count();
+    assert_eq!(mine, 2, "connections that named the HTTP/2 client {me}");
     assert!(p.shared.load().pools[0].backends[0].up());
 }
 

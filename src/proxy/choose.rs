@@ -210,10 +210,7 @@ fn hash_key(pool: &Pool, conn: &ConnInfo, req: &impl Fields) -> Option<u64> {
             .values(pool.hash_header.as_ref()?)
             .next()
             .map(balance::hash),
-        IpHash => Some(match client(conn, req) {
-            IpAddr::V4(a) => balance::hash(&a.octets()),
-            IpAddr::V6(a) => balance::hash(&a.octets()),
-        }),
+        IpHash => Some(balance::ip_hash(client(conn, req))),
         _ => None,
     }
 }

@@ -63,9 +63,9 @@ async fn relay(
     deadline: tokio::time::Instant,
 ) {
     let name = &conn.listener.name;
-    // The accept-time snapshot: its pool indices are the ones the listener's config names,
-    // even when a reload removed or renamed the listener since.
-    let Some(listen) = snap.listener(name).and_then(|l| l.tcp.as_ref()) else {
+    // `snap` is the snapshot the listener's settings came from: its pool indices are
+    // theirs, even when a reload removed or renamed the listener since.
+    let Some(listen) = conn.listener.tcp.as_ref() else {
         return;
     };
     let mut first = Vec::new();
@@ -139,7 +139,8 @@ async fn connect(
     pool: &crate::pool::Pool,
     src: SocketAddr,
 ) -> Option<(Arc<Backend>, InFlight, TcpStream)> {
-    let key = (pool.balance == crate::config::Balance::IpHash).then(|| ip_key(src.ip()));
+    let key =
+        (pool.balance == crate::config::Balance::IpHash).then(|| crate::balance::ip_hash(src.ip()));
     let mut tried = Tried::default();
     for _ in 0..=pool.retries {
         let i = match pool.pick(&tried, key) {
@@ -177,14 +178,6 @@ async fn connect(
     // switchyard_upstream_connect_errors_total say it once.
     tracing::debug!(pool = %pool.name, client = %src, "no backend could be reached; closing the client connection");
     None
-}
-
-/// The `ip_hash` key of a client address (the same as the HTTP path's).
-pub fn ip_key(ip: std::net::IpAddr) -> u64 {
-    match ip {
-        std::net::IpAddr::V4(a) => crate::balance::hash(&a.octets()),
-        std::net::IpAddr::V6(a) => crate::balance::hash(&a.octets()),
-    }
 }
 
 /// Counts a relayed connection in `switchyard_tcp_connections_active` until dropped.
